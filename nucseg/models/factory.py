@@ -1,0 +1,49 @@
+"""Build segmentation networks from segmentation-models-pytorch by name, with optional Monte-Carlo dropout.
+
+`encoder_weights` defaults to None: nucseg must run offline. A connected user opts in with
+`model.encoder_weights=imagenet`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import segmentation_models_pytorch as smp
+from torch import nn
+
+ARCHS = {"unet": "Unet", "unetpp": "UnetPlusPlus", "unetplusplus": "UnetPlusPlus", "fpn": "FPN",
+         "deeplabv3plus": "DeepLabV3Plus", "manet": "MAnet", "linknet": "Linknet"}
+
+
+def build_model(
+    arch: str = "unet",
+    encoder_name: str = "resnet34",
+    encoder_depth: int = 5,
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    classes: int = 1,
+    decoder_channels: list[int] | None = None,
+    mc_dropout: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Return an smp model; `mc_dropout={'rate': 0.2, 'where': 'decoder'}` adds always-on spatial dropout."""
+    key = arch.lower().replace("-", "").replace("_", "").replace("+", "p")
+    if key not in ARCHS and not hasattr(smp, arch):
+        raise ValueError(f"model.arch: unknown architecture {arch!r}; expected one of {sorted(ARCHS)}")
+    cls = getattr(smp, ARCHS.get(key, arch))
+    if decoder_channels is None:
+        decoder_channels = [256, 128, 64, 32, 16][:encoder_depth]
+    if len(decoder_channels) != encoder_depth:
+        raise ValueError(f"model.decoder_channels: expected {encoder_depth} entries (model.encoder_depth), "
+                         f"got {len(decoder_channels)}")
+    extra = {"decoder_channels": list(decoder_channels)} if cls in (smp.Unet, smp.UnetPlusPlus, smp.MAnet) else {}
+    try:
+        net = cls(encoder_name=encoder_name, encoder_depth=encoder_depth, encoder_weights=encoder_weights,
+                  in_channels=in_channels, classes=classes, **extra, **kwargs)
+    except KeyError as exc:
+        raise ValueError(f"model.encoder_name: unknown encoder {encoder_name!r} ({exc})") from exc
+    if mc_dropout:
+        from nucseg.models.mc_dropout import add_mc_dropout
+
+        add_mc_dropout(net, **mc_dropout)
+    return net

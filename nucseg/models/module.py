@@ -1,0 +1,152 @@
+"""The LightningModule: trains on crops, validates and tests on whole images at their original size.
+
+It keeps in its hyper-parameters everything prediction needs (the network config, the input normalisation,
+the threshold, the target layout), so a checkpoint alone rebuilds the model: see `load_module`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+
+from nucseg.metrics.pixel import MeanDice, MeanIoU
+
+log = logging.getLogger(__name__)
+
+
+def pad_to_multiple(x: Tensor, multiple: int = 32) -> tuple[Tensor, tuple[int, int]]:
+    """Reflect-pad (B,C,H,W) on the bottom/right to a multiple of `multiple`; return the original (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+class SegmentationModule(L.LightningModule):
+    def __init__(
+        self,
+        net: dict[str, Any],
+        loss: dict[str, Any] | None = None,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        scheduler_config: dict[str, Any] | None = None,
+        threshold: float = 0.5,
+        pad_multiple: int = 32,
+        auroc_thresholds: int = 200,
+        targets: str = "binary",
+        normalization: dict[str, float] | None = None,
+        clahe: bool = False,
+        postprocess: dict[str, Any] | None = None,
+        uncertainty: dict[str, Any] | None = None,
+    ):
+        """`net` and `loss` are configs (dicts with `_target_`), stored in the checkpoint; `optimizer` and
+        `scheduler` are partials that receive the parameters / the optimizer."""
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net: nn.Module = hydra.utils.instantiate(net)
+        self.criterion: nn.Module | None = hydra.utils.instantiate(loss) if loss else None
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_config = dict(scheduler_config or {})
+        self.threshold, self.pad_multiple = threshold, pad_multiple
+        self.train_loss = MeanMetric()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_dice, self.test_dice = MeanDice(threshold), MeanDice(threshold)
+        self.val_iou, self.test_iou = MeanIoU(threshold), MeanIoU(threshold)
+        self.val_auroc = BinaryAUROC(thresholds=auroc_thresholds)
+        self.test_auroc = BinaryAUROC(thresholds=auroc_thresholds)
+
+    # ----------------------------------------------------------------- inference helpers
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def predict_logits(self, image: Tensor) -> Tensor:
+        """Logits at the input's size for whole images of any size (pads to the encoder's stride)."""
+        padded, (h, w) = pad_to_multiple(image, self.pad_multiple)
+        return self.net(padded)[..., :h, :w]
+
+    # ----------------------------------------------------------------- steps
+    def _check_targets(self, logits: Tensor, target: Tensor) -> None:
+        if logits.shape[1] != target.shape[1]:
+            raise ValueError(
+                f"model.classes={logits.shape[1]} but data.targets gives {target.shape[1]} channel(s); "
+                "use model.classes=1 with data.targets=binary or model.classes=3 with data.targets=instance"
+            )
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits = self.net(batch["image"])
+        self._check_targets(logits, batch["target"])
+        loss = self.criterion(logits, batch["target"])
+        self.train_loss(loss.detach())
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=batch["image"].shape[0])
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> dict:
+        logits = self.predict_logits(batch["image"])
+        self._check_targets(logits, batch["target"])
+        target = batch["target"]
+        loss = self.criterion(logits, target) if self.criterion is not None else logits.new_zeros(())
+        probs = torch.sigmoid(logits)
+        fg_prob, fg_true = probs[:, 0], target[:, 0]
+        getattr(self, f"{stage}_loss").update(loss.detach())
+        getattr(self, f"{stage}_dice").update(fg_prob, fg_true)
+        getattr(self, f"{stage}_iou").update(fg_prob, fg_true)
+        getattr(self, f"{stage}_auroc").update(fg_prob.flatten(), fg_true.flatten().long())
+        for name in ("loss", "dice", "iou", "auroc"):
+            self.log(f"{stage}/{name}", getattr(self, f"{stage}_{name}"), on_step=False, on_epoch=True,
+                     prog_bar=name == "dice", batch_size=1, sync_dist=True)
+        return {"probs": probs.detach(), "loss": loss.detach()}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return torch.sigmoid(self.predict_logits(batch["image"]))
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("optimizer: no optimizer configured (set optimizer=amsgrad|adamw|sgd)")
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        cfg = dict(self.scheduler_config)
+        kwargs = {}
+        if cfg.pop("needs_total_steps", False):
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **cfg}}
+
+
+def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
+    """Rebuild a trained module from its checkpoint alone (no training config needed).
+
+    Loads with `weights_only=True`: the checkpoint holds tensors and plain containers only, so no code from
+    the file is executed.
+    """
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    hp = ckpt.get("hyper_parameters")
+    if not hp or "net" not in hp:
+        raise ValueError(f"{ckpt_path}: not a nucseg checkpoint (no 'net' in its hyper_parameters)")
+    module = SegmentationModule(**{k: v for k, v in hp.items() if k in SegmentationModule.__init__.__code__.co_varnames})
+    module.load_state_dict(ckpt["state_dict"], strict=False)
+    module.eval()
+    return module

@@ -1,0 +1,85 @@
+"""`python -m nucseg.train [overrides]`: compose the config, fit, test the best checkpoint, write metrics.json.
+
+Thin on purpose: every piece is chosen by config and built with `hydra.utils.instantiate`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.models.module import SegmentationModule
+from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig) -> SegmentationModule:
+    sched = cfg.get("scheduler") or {}
+    return SegmentationModule(
+        net=OmegaConf.to_container(cfg.model, resolve=True),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(sched.scheduler) if sched.get("scheduler") else None,
+        scheduler_config=OmegaConf.to_container(sched.get("config") or {}, resolve=True),
+        **OmegaConf.to_container(cfg.module, resolve=True),
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    module = build_module(cfg)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = to_float_dict(trainer.callback_metrics)
+
+    if cfg.get("test", True):
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not ckpt:
+            log.warning("no best checkpoint found; testing the current weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
+        metrics.update(to_float_dict(trainer.callback_metrics))
+        if ckpt:
+            metrics["best_model_path"] = ckpt  # type: ignore[assignment]
+
+    if trainer.is_global_zero:
+        write_metrics(output_dir / "metrics.json", metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    finally:
+        finish_wandb()
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric: {name!r} was not logged; logged: {sorted(metrics)}")
+    return float(metrics[name])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from nucseg.utils.config import register_resolvers
+
+register_resolvers()
