@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.models.module import SegmentationModule
+from nucseg.utils.errors import friendly_errors
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
 
@@ -29,7 +30,7 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(sched.scheduler) if sched.get("scheduler") else None,
-        scheduler_config=OmegaConf.to_container(sched.get("config") or {}, resolve=True),
+        scheduler_config=OmegaConf.to_container(sched.config, resolve=True) if sched.get("config") else None,
         **OmegaConf.to_container(cfg.module, resolve=True),
     )
 
@@ -70,7 +71,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        metrics = train(cfg)
+        with friendly_errors():
+            metrics = train(cfg)
     finally:
         finish_wandb()
     name = cfg.get("optimized_metric")
