@@ -111,9 +111,9 @@ def test_debug_and_experiment_configs_compose(make_cfg, option):
 @pytest.mark.parametrize("option", options("data"))
 def test_data_options_compose(make_cfg, option):
     cfg = make_cfg([f"data={option}"], fast=False)
-    mandatory = [k for k in ("root",) if OmegaConf.is_missing(cfg.data.get("source", {}), k)]
-    if OmegaConf.is_missing(cfg.data, "root") if "root" in cfg.data else False:
-        mandatory.append("root")
+    # `"root" in cfg` is False for a ??? value, so look at every key (data.root, data.source.csv_path, ...)
+    mandatory = [k for node in (cfg.data, cfg.data.get("source") or {}) for k in node
+                 if OmegaConf.is_missing(node, k)]
     if mandatory:  # needs a user path (e.g. data=folder data.root=...); tested with real files elsewhere
         return
     dm = hydra.utils.instantiate(cfg.data)

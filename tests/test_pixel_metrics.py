@@ -38,3 +38,20 @@ def test_metric_classes_average_per_image_with_threshold():
     high = MeanDice(threshold=0.7)
     high.update(probs[:1], target[:1])
     assert high.compute().item() == pytest.approx(2 * 1 / (1 + 2))
+
+
+def test_binned_auroc_hand_computed():
+    from nucseg.metrics.pixel import BinnedAUROC
+
+    m = BinnedAUROC(bins=200)
+    # positive/negative pairs: 0.35>0.1 yes, 0.35>0.4 no, 0.8>0.1 yes, 0.8>0.4 yes -> 3/4
+    m.update(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert m.compute().item() == pytest.approx(0.75)
+    tie = BinnedAUROC(bins=200)
+    tie.update(torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0]))  # a tie counts one half
+    assert tie.compute().item() == pytest.approx(0.5)
+    split = BinnedAUROC(bins=10)  # accumulates over updates like one big update
+    split.update(torch.tensor([0.1, 0.4]), torch.tensor([0.0, 0.0]))
+    split.update(torch.tensor([0.35, 0.8]), torch.tensor([1.0, 1.0]))
+    assert split.compute().item() == pytest.approx(0.75)
+    assert torch.isnan(BinnedAUROC().compute())  # undefined without both classes

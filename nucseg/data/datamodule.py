@@ -91,10 +91,11 @@ class SegmentationDataset(Dataset):
                 raise ImageReadError(f"labels of shape {labels.shape} differ from the image's {image.shape[:2]}")
             out = self.transform(image=image, mask=labels.astype(np.int32))
         except Exception as exc:  # name the sample even when the error comes from inside a worker
-            where = self.source.source.location(rid)
+            inner = getattr(self.source, "source", self.source)  # CachedSource -> the Source it wraps
+            where = inner.location(rid)
             if isinstance(exc, ImageReadError) and where in str(exc):
                 raise
-            raise ImageReadError(f"{where} (record {rid!r} of {self.source.source.name}): "
+            raise ImageReadError(f"{where} (record {rid!r} of {inner.name}): "
                                  f"{type(exc).__name__}: {exc}") from exc
         image, labels = out["image"], out["mask"].astype(np.int32)
         return {

@@ -159,9 +159,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                 "differing channels"
             )
         arr = arr[..., 0]
-    if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool:
-        if not np.allclose(arr, np.round(arr)):
-            raise ImageReadError(f"{path}: expected integer mask values, got {arr.dtype} with fractions")
+    if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool and not np.allclose(arr, np.round(arr)):
+        raise ImageReadError(f"{path}: expected integer mask values, got {arr.dtype} with fractions")
     return arr.astype(np.int64)
 
 

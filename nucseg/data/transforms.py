@@ -10,10 +10,18 @@ from collections.abc import Sequence
 import albumentations as A
 import cv2
 
+CLAHE_CLIP_LIMIT = 2.0
+
 
 def preprocessing(clahe: bool = False) -> list[A.BasicTransform]:
-    """Transforms applied to every split (and at prediction time), so train and test see the same input."""
-    return [A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=1.0)] if clahe else []
+    """Transforms applied to every split (and at prediction time), so train and test see the same input.
+
+    The clip limit is a fixed (low, high) pair: albumentations reads a single number as the range (1, number)
+    and samples from it, which would make evaluation random.
+    """
+    if not clahe:
+        return []
+    return [A.CLAHE(clip_limit=(CLAHE_CLIP_LIMIT, CLAHE_CLIP_LIMIT), tile_grid_size=(8, 8), p=1.0)]
 
 
 def train_transform(crop_size: int, augment: Sequence[A.BasicTransform] = (), clahe: bool = False) -> A.Compose:

@@ -60,3 +60,36 @@ class MeanIoU(_MeanPerImage):
     """Mean over images of the per-image IoU (Jaccard) at `threshold`."""
 
     fn = staticmethod(iou_score)
+
+
+class BinnedAUROC(Metric):
+    """Pixel AUROC from two fixed-size histograms of the predicted probability (positives, negatives).
+
+    Memory is constant (2 x `bins` counters) and each update is one `bincount`, so whole 1388x1040 images cost
+    the same as crops; with 200 bins the result is the AUROC at 201 evenly spaced thresholds (trapezoid rule),
+    which agrees with the exact value to about 1e-3 on real predictions.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, bins: int = 200, **kwargs):
+        super().__init__(**kwargs)
+        self.bins = int(bins)
+        self.add_state("pos", default=torch.zeros(self.bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("neg", default=torch.zeros(self.bins, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        idx = (probs.detach().flatten().float().clamp(0, 1) * self.bins).long().clamp_max(self.bins - 1)
+        t = target.flatten() > 0.5
+        self.pos += torch.bincount(idx[t], minlength=self.bins).double()
+        self.neg += torch.bincount(idx[~t], minlength=self.bins).double()
+
+    def compute(self) -> Tensor:
+        n_pos, n_neg = self.pos.sum(), self.neg.sum()
+        if n_pos == 0 or n_neg == 0:
+            return torch.tensor(float("nan"))
+        # sweep the threshold from high to low: cumulative true / false positive rates
+        tpr = torch.cat([self.pos.new_zeros(1), self.pos.flip(0).cumsum(0) / n_pos])
+        fpr = torch.cat([self.neg.new_zeros(1), self.neg.flip(0).cumsum(0) / n_neg])
+        return torch.trapz(tpr, fpr).float()

@@ -17,9 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAUROC
 
-from nucseg.metrics.pixel import MeanDice, MeanIoU
+from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +63,8 @@ class SegmentationModule(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_dice, self.test_dice = MeanDice(threshold), MeanDice(threshold)
         self.val_iou, self.test_iou = MeanIoU(threshold), MeanIoU(threshold)
-        self.val_auroc = BinaryAUROC(thresholds=auroc_thresholds)
-        self.test_auroc = BinaryAUROC(thresholds=auroc_thresholds)
+        self.val_auroc = BinnedAUROC(bins=auroc_thresholds)
+        self.test_auroc = BinnedAUROC(bins=auroc_thresholds)
 
     # ----------------------------------------------------------------- inference helpers
     def forward(self, x: Tensor) -> Tensor:
@@ -103,7 +102,7 @@ class SegmentationModule(L.LightningModule):
         getattr(self, f"{stage}_loss").update(loss.detach())
         getattr(self, f"{stage}_dice").update(fg_prob, fg_true)
         getattr(self, f"{stage}_iou").update(fg_prob, fg_true)
-        getattr(self, f"{stage}_auroc").update(fg_prob.flatten(), fg_true.flatten().long())
+        getattr(self, f"{stage}_auroc").update(fg_prob, fg_true)
         for name in ("loss", "dice", "iou", "auroc"):
             self.log(f"{stage}/{name}", getattr(self, f"{stage}_{name}"), on_step=False, on_epoch=True,
                      prog_bar=name == "dice", batch_size=1, sync_dist=True)

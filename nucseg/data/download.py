@@ -1,0 +1,352 @@
+"""`python -m nucseg.data.download dsb2018`: fetch a public dataset into the data root.
+
+Downloads resume (HTTP Range) from a `.part` file after an interruption, show a rich progress bar, are checked
+against a sha256 digest, and are unpacked into a temporary folder beside the target that is renamed into place
+only when complete, so `<data_dir>/dsb2018/stage1_train` either holds the whole archive or does not exist.
+
+Sources: DSB2018 from the Broad Bioimage Benchmark Collection (BBBC038: the Kaggle stage-1 training set, the
+stage-1 test images and their released solution CSV; stage-2 on request). BBBC publishes no checksums; where
+none is registered the digest of what arrived is logged so a user can pin it with `--sha256`. ISBI 2012 has no
+stable public download (the challenge site requires registration): get the TIFF stacks by hand, or pass a
+mirror's `--url` (an archive or a .tif) and `--sha256`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BBBC038 = "https://data.broadinstitute.org/bbbc/BBBC038"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One downloadable file; `dest` is relative to the data root (a folder for archives, a file otherwise)."""
+
+    name: str
+    url: str
+    dest: str
+    sha256: str | None = None
+    default: bool = True
+
+    @property
+    def kind(self) -> str:
+        return archive_kind(self.url)
+
+
+DATASETS: dict[str, list[Resource]] = {
+    "dsb2018": [
+        Resource("stage1_train", f"{BBBC038}/stage1_train.zip", "dsb2018/stage1_train"),
+        Resource("stage1_test", f"{BBBC038}/stage1_test.zip", "dsb2018/stage1_test"),
+        Resource("stage1_solution", f"{BBBC038}/stage1_solution.csv", "dsb2018/stage1_solution.csv"),
+        Resource("stage2_test", f"{BBBC038}/stage2_test_final.zip", "dsb2018/stage2_test_final", default=False),
+        Resource("stage2_solution", f"{BBBC038}/stage2_solution_final.csv", "dsb2018/stage2_solution_final.csv",
+                 default=False),
+    ],
+    "isbi2012": [],
+}
+HELP = {
+    "isbi2012": "ISBI 2012 has no stable public download: register at https://imagej.net/events/isbi-2012-"
+                "segmentation-challenge, then put train-volume.tif, train-labels.tif and test-volume.tif into "
+                "<data_dir>/isbi2012, or pass --url <mirror archive or .tif> --sha256 <digest>.",
+}
+
+
+class DownloadError(RuntimeError):
+    """A download failed or arrived damaged; the message names the URL and the file."""
+
+
+def archive_kind(name: str) -> str:
+    n = name.lower().split("?")[0]
+    if n.endswith(".zip"):
+        return "zip"
+    if n.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return "tar"
+    return "file"
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True,
+          retries: int = 3, timeout: float = 60.0, chunk_size: int = 1 << 16, backoff: float = 1.0) -> Path:
+    """Download `url` to `dest`, resuming from `dest.part`; verify `sha256`; rename into place when complete.
+
+    A dropped connection is retried `retries` times, each time continuing where it stopped. A server that
+    ignores Range gets the file from the start again. A checksum mismatch deletes the partial file (resuming
+    it could never fix it) and raises DownloadError.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file():
+        if sha256 is None or sha256_of(dest) == sha256.lower():
+            log.info("%s already downloaded", dest)
+            return dest
+        log.warning("%s exists but its sha256 differs from %s; downloading again", dest, sha256)
+        dest.unlink()
+    part = dest.with_name(dest.name + ".part")
+    attempt = 0
+    with _progress(progress) as bar:
+        task = bar.add_task(dest.name, total=None)
+        while True:
+            try:
+                _fetch_once(url, part, bar, task, timeout, chunk_size)
+                break
+            except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError, OSError) as exc:
+                if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
+                    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+                attempt += 1
+                have = part.stat().st_size if part.exists() else 0
+                if attempt > retries:
+                    kept = f"{have} bytes kept in {part}, run again to resume" if have else "nothing downloaded"
+                    raise DownloadError(f"{url}: download failed after {retries} retries ({type(exc).__name__}: "
+                                        f"{exc}); {kept}") from exc
+                log.warning("%s: %s: %s; resuming from byte %d (retry %d/%d)", url, type(exc).__name__, exc, have,
+                            attempt, retries)
+                time.sleep(min(backoff * 2.0 ** (attempt - 1), 30.0))
+    digest = sha256_of(part)
+    if sha256 is not None and digest != sha256.lower():
+        part.unlink()
+        raise DownloadError(f"{url}: sha256 of the download is {digest}, expected {sha256.lower()}; the damaged "
+                            f"file {part} was deleted, run again to download it afresh")
+    if sha256 is None:
+        log.warning("%s: no published sha256 to verify against; the download's sha256 is %s (pass --sha256 to "
+                    "pin it)", url, digest)
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch_once(url: str, part: Path, bar, task, timeout: float, chunk_size: int) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing left to send: the part file is complete (or the file shrank)
+            total = _total_from_content_range(exc.headers.get("Content-Range"))
+            if total == have:
+                bar.update(task, total=total, completed=have)
+                return
+            log.warning("%s: server refused to resume at byte %d (size %s); starting again", url, have, total)
+            part.unlink()
+            return _fetch_once(url, part, bar, task, timeout, chunk_size)
+        raise
+    with response:
+        if have and response.status == 206:
+            start = _start_from_content_range(response.headers.get("Content-Range"))
+            if start != have:
+                raise DownloadError(f"{url}: asked to resume at byte {have}, server sent from byte {start}")
+            mode = "ab"
+            log.info("%s: resuming at byte %d", url, have)
+        else:
+            if have:
+                log.warning("%s: server ignored the Range request; downloading from the start", url)
+            have, mode = 0, "wb"
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        bar.update(task, total=total, completed=have)
+        with part.open(mode) as f:
+            while block := response.read(chunk_size):
+                f.write(block)
+                bar.update(task, advance=len(block))
+        if total is not None and part.stat().st_size < total:
+            raise ConnectionError(f"connection closed at byte {part.stat().st_size} of {total}")
+
+
+def _start_from_content_range(value: str | None) -> int | None:
+    # "bytes 100-199/200"
+    try:
+        return int(value.split()[1].split("-")[0]) if value else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _total_from_content_range(value: str | None) -> int | None:
+    try:
+        return int(value.rsplit("/", 1)[1]) if value and not value.endswith("*") else None
+    except (IndexError, ValueError):
+        return None
+
+
+def unpack(archive: str | os.PathLike, target: str | os.PathLike, force: bool = False) -> Path:
+    """Extract `archive` (zip or tar) into the folder `target`, atomically.
+
+    Everything is extracted into a temporary folder beside `target` and renamed into place at the end; a
+    failure leaves no half-filled target. An archive whose only top-level entry is a folder named like the
+    target is unwrapped (`isbi2012.zip` holding `isbi2012/...`). Members that would land outside the target
+    (absolute paths, '..') are refused.
+    """
+    archive, target = Path(archive), Path(target)
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} already exists; pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".unpacking"))
+    try:
+        kind = archive_kind(archive.name)
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    _check_member(member, archive)
+                bad = zf.testzip()
+                if bad is not None:
+                    raise DownloadError(f"{archive}: member {bad} is corrupt (CRC mismatch)")
+                zf.extractall(tmp)
+        elif kind == "tar":
+            with tarfile.open(archive) as tf:
+                for member in tf.getmembers():
+                    _check_member(member.name, archive)
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+                    tf.extractall(tmp, filter="data")
+                else:
+                    tf.extractall(tmp)
+        else:
+            raise DownloadError(f"{archive}: not an archive (expected .zip or .tar[.gz|.bz2|.xz])")
+        root = tmp
+        entries = [p for p in tmp.iterdir() if p.name not in ("__MACOSX",)]
+        if len(entries) == 1 and entries[0].is_dir() and entries[0].name == target.name:
+            root = entries[0]
+        if force and target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(root, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(root, target)
+    except zipfile.BadZipFile as exc:
+        raise DownloadError(f"{archive}: not a valid zip archive ({exc})") from exc
+    except tarfile.TarError as exc:
+        raise DownloadError(f"{archive}: not a valid tar archive ({exc})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _check_member(name: str, archive: Path) -> None:
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts:
+        raise DownloadError(f"{archive}: refusing member {name!r}, which would be written outside the target")
+
+
+def download(dataset: str, data_dir: str | os.PathLike, parts: list[str] | None = None, url: str | None = None,
+             sha256: str | None = None, force: bool = False, keep_archive: bool = False,
+             progress: bool = True, registry: dict[str, list[Resource]] | None = None) -> list[Path]:
+    """Fetch and install a dataset's resources into `data_dir`; returns the installed paths.
+
+    `url` (with `sha256`) replaces the registered sources by one archive or file — for mirrors, and for
+    datasets without a public source. It is installed where the single named part would go (`parts=
+    ["stage1_train"]` -> `<data_dir>/dsb2018/stage1_train`), else unpacked into `<data_dir>/<dataset>`.
+    """
+    registry = DATASETS if registry is None else registry
+    if dataset not in registry:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(registry)}")
+    data_dir = Path(data_dir)
+    if url:
+        if parts and len(parts) == 1 and parts[0] in {r.name for r in registry[dataset]}:
+            dest = next(r.dest for r in registry[dataset] if r.name == parts[0])
+        elif parts:
+            raise ValueError(f"--url replaces one part; got --parts {parts} (expected one of "
+                             f"{[r.name for r in registry[dataset]]})")
+        elif archive_kind(url) == "file":
+            dest = f"{dataset}/{Path(url.split('?')[0]).name}"
+        else:
+            dest = dataset
+        resources = [Resource("custom", url, dest, sha256)]
+    else:
+        resources = [r for r in registry[dataset] if (r.name in parts if parts else r.default)]
+        if parts:
+            unknown = sorted(set(parts) - {r.name for r in registry[dataset]})
+            if unknown:
+                raise ValueError(f"{dataset}: unknown part(s) {unknown}; expected some of "
+                                 f"{[r.name for r in registry[dataset]]}")
+        if not resources:
+            raise DownloadError(HELP.get(dataset, f"{dataset}: nothing registered to download"))
+        if sha256 and len(resources) == 1:
+            resources = [Resource(resources[0].name, resources[0].url, resources[0].dest, sha256)]
+    out = []
+    downloads = data_dir / ".downloads"
+    for res in resources:
+        target = data_dir / res.dest
+        if target.exists() and not force:
+            log.info("%s already present; skipped (--force replaces it)", target)
+            out.append(target)
+            continue
+        name = Path(res.url.split("?")[0]).name or res.name
+        archive = fetch(res.url, downloads / dataset / name, res.sha256, progress=progress)
+        if res.kind == "file":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if keep_archive:
+                shutil.copyfile(archive, target.with_name(f".{target.name}.tmp"))
+                os.replace(target.with_name(f".{target.name}.tmp"), target)
+            else:
+                os.replace(archive, target)
+        else:
+            unpack(archive, target, force=force)
+            if not keep_archive:
+                archive.unlink()
+        log.info("installed %s", target)
+        out.append(target)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nucseg.data.download", description=__doc__.split("\n")[0])
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("--data-dir", default=os.environ.get("NUCSEG_DATA_DIR")
+                        or str(Path(__file__).resolve().parents[2] / "data"),
+                        help="data root (default: $NUCSEG_DATA_DIR, else <repo>/data)")
+    parser.add_argument("--parts", nargs="+", help="registered parts to fetch (default: the standard ones)")
+    parser.add_argument("--url", help="download this archive/file instead of the registered sources")
+    parser.add_argument("--sha256", help="expected sha256 of the (single) download")
+    parser.add_argument("--force", action="store_true", help="replace data that is already installed")
+    parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        paths = download(args.dataset, args.data_dir, args.parts, args.url, args.sha256, args.force,
+                         args.keep_archive, progress=not args.no_progress)
+    except (DownloadError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
