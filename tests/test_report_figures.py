@@ -8,17 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nucseg.callbacks.report_figures import FN, FP, TP, tp_fp_fn_overlay
 from nucseg.train import train
-
-
-def test_tp_fp_fn_colours():
-    image = np.zeros((1, 4, 3), np.uint8)
-    pred = np.array([[1, 1, 0, 0]], bool)
-    true = np.array([[1, 0, 1, 0]], bool)
-    out = tp_fp_fn_overlay(image, pred, true, alpha=1.0)
-    assert tuple(out[0, 0]) == TP and tuple(out[0, 1]) == FP and tuple(out[0, 2]) == FN
-    assert tuple(out[0, 3]) == (0, 0, 0)
 
 
 def test_run_writes_figures_and_ranked_csv(make_cfg, tmp_path):

@@ -24,19 +24,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from nucseg.data.io import atomic_write_bytes, atomic_write_text
 from nucseg.metrics.pixel import dice_score, iou_score
+from nucseg.viz.overlays import pixel_error_overlay
 
 log = logging.getLogger(__name__)
-
-TP, FP, FN = (255, 215, 0), (0, 200, 0), (230, 0, 0)  # yellow, green, red
-
-
-def tp_fp_fn_overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """Colour true positive, false positive and false negative pixels over an RGB uint8 image."""
-    out = image.astype(np.float32).copy()
-    for mask, colour in ((pred & true, TP), (pred & ~true, FP), (~pred & true, FN)):
-        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(colour, np.float32)
-    return out.clip(0, 255).astype(np.uint8)
-
 
 def _thumb(arr: np.ndarray, max_side: int) -> np.ndarray:
     step = max(1, int(np.ceil(max(arr.shape[:2]) / max_side)))
@@ -145,7 +135,7 @@ class ReportFigures(L.Callback):
         titles = ["image", "ground truth", "prediction", "TP yellow / FP green / FN red", "uncertainty"]
         for i, r in enumerate(picks):
             tag = "best" if i < n_best else "worst"
-            panels = [r["_image"], r["_true"], r["_prob"], tp_fp_fn_overlay(r["_image"], r["_pred"], r["_true"])]
+            panels = [r["_image"], r["_true"], r["_prob"], pixel_error_overlay(r["_image"], r["_pred"], r["_true"])]
             for j, p in enumerate(panels):
                 axes[i, j].imshow(p, cmap="gray" if p.ndim == 2 else None, vmin=0, vmax=1 if p.ndim == 2 else None)
             if has_unc and r["_unc"] is not None:

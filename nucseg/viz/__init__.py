@@ -1,0 +1,1 @@
+"""Pictures of results: nucleus outlines for prediction, error maps for evaluation."""
