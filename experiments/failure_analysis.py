@@ -1,0 +1,84 @@
+"""Where does a trained model fail? Rank the test images of a run by Dice and group them by imaging type,
+size and crowding (nuclei per image, touching nuclei), from the run's own `figures/per_image.csv`.
+
+    NUCSEG_DATA_DIR=../shared/data python experiments/failure_analysis.py outputs/<task>/runs/<run>
+
+Prints a Markdown report (and writes it with --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from nucseg.data.dsb2018 import DSB2018Source, imaging_type
+from nucseg.data.io import atomic_write_text, read_raw, to_rgb
+
+
+def touching_fraction(labels: np.ndarray) -> float:
+    """Fraction of nuclei that touch another nucleus (8-neighbourhood): what merges under plain thresholding."""
+    n = int(labels.max())
+    if n == 0:
+        return 0.0
+    grown = ndimage.grey_dilation(labels, size=3)
+    touching = np.unique(labels[(grown != labels) & (labels > 0) & (grown > 0)])
+    return len(touching) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--root", type=Path, default=Path(os.environ.get("NUCSEG_DATA_DIR", "data")) / "dsb2018" / "stage1_train")
+    ap.add_argument("--fail-dice", type=float, default=0.7)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    rows = list(csv.DictReader((args.run_dir / "figures" / "per_image.csv").open()))
+    src = DSB2018Source(args.root)
+    for r in rows:
+        image, labels = src.load(r["id"])
+        r["group"] = imaging_type(to_rgb(read_raw(src.image_path(r["id"]))))
+        r["n_nuclei"] = int(labels.max())
+        r["touching"] = touching_fraction(labels)
+        r["dice"] = float(r["dice"])
+        r["iou"] = float(r["iou"])
+
+    lines = [f"# Failure analysis of {args.run_dir}", "",
+             f"{len(rows)} test images; failure = Dice < {args.fail_dice}.", "",
+             "| imaging type | images | mean Dice | mean IoU | failures |", "|---|---|---|---|---|"]
+    by_group = defaultdict(list)
+    for r in rows:
+        by_group[r["group"]].append(r)
+    for g, rs in sorted(by_group.items(), key=lambda kv: -len(kv[1])):
+        d = np.array([r["dice"] for r in rs])
+        lines.append(f"| {g} | {len(rs)} | {d.mean():.3f} | {np.mean([r['iou'] for r in rs]):.3f} | "
+                     f"{int((d < args.fail_dice).sum())} |")
+    fails = sorted((r for r in rows if r["dice"] < args.fail_dice), key=lambda r: r["dice"])
+    ok = [r for r in rows if r["dice"] >= args.fail_dice]
+
+    def summary(rs):
+        if not rs:
+            return "-"
+        return (f"median size {int(np.median([int(r['height']) * int(r['width']) for r in rs]) / 1e3):.0f} kpx, "
+                f"median nuclei {np.median([r['n_nuclei'] for r in rs]):.0f}, "
+                f"touching {np.mean([r['touching'] for r in rs]):.0%}")
+
+    lines += ["", f"- failed images: {summary(fails)}", f"- other images: {summary(ok)}", "",
+              "| rank | image | type | size | nuclei | touching | Dice | IoU |", "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(fails, 1):
+        lines.append(f"| {i} | {r['id'][:12]} | {r['group']} | {r['height']}x{r['width']} | {r['n_nuclei']} | "
+                     f"{r['touching']:.0%} | {r['dice']:.3f} | {r['iou']:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+
+
+if __name__ == "__main__":
+    main()
