@@ -18,7 +18,8 @@ import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.models.module import SegmentationModule
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
+from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
+from nucseg.utils.run import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)  # resume point (train) or weights (test)
+    if ckpt_path and cfg.get("train", True):
+        keep_csv_history(cfg)
+    pin_wandb_run(cfg, output_dir)
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
@@ -51,11 +56,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = to_float_dict(trainer.callback_metrics)
 
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not cfg.get("train", True):
+            ckpt = ckpt_path or ""
         if not ckpt:
             log.warning("no best checkpoint found; testing the current weights")
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
@@ -71,15 +78,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        with friendly_errors():
+        with friendly_errors(), hydra_job_for_ddp():
             metrics = train(cfg)
     finally:
         finish_wandb()
+    return objective(cfg, metrics)
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value handed back to Hydra's sweeper: `metrics[optimized_metric]`.
+
+    A missing metric is an error only where a sweeper optimises it (Optuna); a plain run or a grid multirun
+    (e.g. `train=false`, which logs no val/ metrics) only warns.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
     name = cfg.get("optimized_metric")
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric: {name!r} was not logged; logged: {sorted(metrics)}")
+        msg = f"optimized_metric: {name!r} was not logged; logged: {sorted(metrics)}"
+        sweeper = str(HydraConfig.get().sweeper.get("_target_", "")) if HydraConfig.initialized() else ""
+        if sweeper and not sweeper.endswith("BasicSweeper"):
+            raise KeyError(msg)
+        log.warning(msg)
+        return None
     return float(metrics[name])
 
 

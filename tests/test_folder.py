@@ -24,7 +24,7 @@ from nucseg.train import train
 # the exact AUROC (torchmetrics' 200-threshold loop over >50k-pixel images is slow on a busy 2-core machine), and
 # no end-of-training snapshot predictions
 FAST_EVAL = ["model.decoder_channels=[32,16,8]", "++trainer.num_sanity_val_steps=0", "logger=none",
-             "module.auroc_thresholds=null", "callbacks.progress_snapshots=null"]
+             "callbacks.progress_snapshots=null"]
 
 
 def _gray(rgba: np.ndarray) -> np.ndarray:

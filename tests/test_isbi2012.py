@@ -95,7 +95,7 @@ def test_train_on_isbi_writes_metrics(make_cfg, tmp_path):
     # AUROC (torchmetrics' 200-threshold loop over 262k pixels is slow on a busy 2-core machine), no snapshots
     metrics = train(make_cfg(["data=isbi2012", "logger=none", "trainer.limit_val_batches=1",
                               "trainer.limit_test_batches=1", "model.decoder_channels=[32,16,8]",
-                              "++trainer.num_sanity_val_steps=0", "module.auroc_thresholds=null",
+                              "++trainer.num_sanity_val_steps=0",
                               "callbacks.progress_snapshots=null"]))
     written = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("train/loss", "val/dice", "test/dice", "test/iou"):

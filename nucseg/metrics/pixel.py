@@ -75,7 +75,9 @@ class BinnedAUROC(Metric):
 
     def __init__(self, bins: int = 200, **kwargs):
         super().__init__(**kwargs)
-        self.bins = int(bins)
+        if not isinstance(bins, int) or bins < 2:
+            raise ValueError(f"module.auroc_thresholds: expected an integer >= 2 (histogram bins), got {bins!r}")
+        self.bins = bins
         self.add_state("pos", default=torch.zeros(self.bins, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("neg", default=torch.zeros(self.bins, dtype=torch.float64), dist_reduce_fx="sum")
 

@@ -59,7 +59,8 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_config = dict(scheduler_config or {})
         self.threshold, self.pad_multiple = threshold, pad_multiple
-        self.train_loss = MeanMetric()
+        # no NaN check: it reads the value on the host (a GPU sync) every training step; a NaN loss shows as NaN
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_dice, self.test_dice = MeanDice(threshold), MeanDice(threshold)
         self.val_iou, self.test_iou = MeanIoU(threshold), MeanIoU(threshold)
@@ -88,7 +89,9 @@ class SegmentationModule(L.LightningModule):
         self._check_targets(logits, batch["target"])
         loss = self.criterion(logits, batch["target"])
         self.train_loss(loss.detach())
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True,
+        # not on the progress bar: Lightning turns progress-bar values into Python numbers after every batch,
+        # a host-device sync per step; loggers get it every `trainer.log_every_n_steps` steps
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=False,
                  batch_size=batch["image"].shape[0])
         return loss
 

@@ -25,10 +25,23 @@ def wandb_offline() -> bool:
         return True
 
 
+def rank_suffix() -> str:
+    """"" in the first (or only) process, "_rank<k>" in DDP rank k, so each rank logs to its own file.
+
+    Reads the variables Lightning's DDP launcher, torchrun and SLURM set, in Lightning's order.
+    """
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(var)
+        if value is not None:
+            return "" if value == "0" else f"_rank{value}"
+    return ""
+
+
 def register_resolvers() -> None:
     for name, fn in {
         "nucseg.root": lambda: str(PROJECT_ROOT),
         "nucseg.wandb_offline": wandb_offline,
+        "nucseg.rank_suffix": rank_suffix,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -1,0 +1,88 @@
+"""Uncertainty heatmaps on W&B during training: for the first validation images (a fixed set: the validation
+loader is not shuffled), image | ground truth | prediction | heatmap (red = most uncertain, blue = least), with
+the image certainty and Dice in the caption. A no-op without a WandbLogger or without an uncertainty method.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+from nucseg.callbacks.uncertainty import module_samples, module_settings
+from nucseg.callbacks.wandb_images import to_uint8_hwc, wandb_experiments
+from nucseg.metrics.pixel import dice_score
+from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
+
+log = logging.getLogger(__name__)
+
+
+def center_crop(batch: dict, max_side: int) -> dict:
+    """Crop image / target of a batch to at most `max_side` pixels a side, around the centre (keeps scale)."""
+    h, w = batch["image"].shape[-2:]
+    ch, cw = min(h, max_side), min(w, max_side)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return {**batch, "image": batch["image"][..., y:y + ch, x:x + cw],
+            "target": batch["target"][..., y:y + ch, x:x + cw]}
+
+
+class WandbUncertaintyHeatmaps(L.Callback):
+    def __init__(self, num_images: int = 4, samples: int | None = 8, every_n_epochs: int = 1,
+                 heatmap: str = "entropy", max_side: int = 384):
+        """`samples` overrides `uncertainty.samples` for these previews (None: use it); images larger than
+        `max_side` are centre-cropped to keep each validation epoch cheap."""
+        if heatmap not in ("entropy", "mutual_info", "variance"):
+            raise ValueError(f"callbacks.wandb_uncertainty.heatmap: expected entropy, mutual_info or variance, "
+                             f"got {heatmap!r}")
+        self.num_images, self.samples, self.every_n_epochs = num_images, samples, max(1, every_n_epochs)
+        self.heatmap, self.max_side = heatmap, max_side
+        self._settings = None
+        self._active = False
+        self._images: list = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._settings = module_settings(pl_module)
+        if self._settings is not None and self._settings["method"] == "ensemble":
+            log.info("wandb_uncertainty: ensemble members exist only after training; no validation heatmaps")
+            self._settings = None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._images = []
+        self._active = (self._settings is not None and not trainer.sanity_checking
+                        and trainer.current_epoch % self.every_n_epochs == 0 and bool(wandb_experiments(trainer)))
+
+    @rank_zero_only
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self._active or batch_idx >= self.num_images:
+            return
+        from nucseg.viz.plots import figure_array, uncertainty_panel
+
+        assert self._settings is not None
+        crop = center_crop(batch, self.max_side)
+        samples = module_samples(pl_module, crop["image"][:1], self._settings, samples=self.samples)
+        thr = float(getattr(pl_module, "threshold", 0.5))
+        maps = pixel_uncertainty(samples)
+        certainty = float(image_certainty(samples, thr)[0])
+        pred = maps["mean"][0] > thr
+        true = crop["target"][0, 0].to(pred.device) > 0.5
+        dice = float(dice_score(pred, true))
+        caption = f"{batch['id'][0]} certainty {certainty:.3f} Dice {dice:.3f}"
+        fig = uncertainty_panel(to_uint8_hwc(crop["image"][0]), true.cpu().numpy(), pred.cpu().numpy(),
+                                maps[self.heatmap][0].float().cpu().numpy(), self.heatmap,
+                                title=f"epoch {trainer.current_epoch}, step {trainer.global_step}: {caption}")
+        self._images.append((figure_array(fig, dpi=80), caption))
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._images:
+            return
+        import wandb
+
+        from nucseg.viz.plots import pad_to_common_size
+
+        arrays = pad_to_common_size([a for a, _ in self._images])
+        images = [wandb.Image(a, caption=c) for a, (_, c) in zip(arrays, self._images, strict=True)]
+        for run in wandb_experiments(trainer):
+            run.log({"val/uncertainty_heatmaps": images, "trainer/global_step": trainer.global_step})
+        self._images = []

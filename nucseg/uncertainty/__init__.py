@@ -1,0 +1,7 @@
+"""How far to trust each mask: probability samples from MC dropout, test-time augmentation or a deep
+ensemble (`sampling`), and the per-pixel maps and per-image certainty computed from them (`scores`)."""
+
+from nucseg.uncertainty.sampling import sample_probs
+from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
+
+__all__ = ["image_certainty", "pixel_uncertainty", "sample_probs"]

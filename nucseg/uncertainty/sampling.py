@@ -1,0 +1,244 @@
+"""Draw `T` probability maps per image from a model's approximate posterior, by one of three methods behind
+one interface (`sample_probs`):
+
+- `mc_dropout`: `T` stochastic passes with the model's always-on Monte-Carlo dropout. The passes are batched
+  (the image is repeated along the batch axis) and, when dropout sits only in the decoder, the encoder runs
+  once per image and only the decoder + head are repeated: the encoder is deterministic, so its features are
+  the same for every sample.
+- `tta`: the deterministic model under the test-time augmentations of `nucseg.inference.tta` (one sample per op).
+- `ensemble`: one deterministic pass of each member network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nucseg.inference.tta import get_ops
+from nucseg.models.mc_dropout import MCDropout2d, has_mc_dropout, set_mc_dropout
+from nucseg.models.module import pad_to_multiple
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mc_dropout", "tta", "ensemble")
+# Auto chunking: image copies per forward pass are capped so one chunk holds about this many pixels
+# (activations of a U-Net decoder at full resolution dominate memory).
+PIXEL_BUDGET = {"cpu": 2**20, "cuda": 2**23}
+# pad to this multiple before the network (any smp encoder depth <= 5 divides it); outputs are cropped back
+PAD_MULTIPLE = 32
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block with the global RNG seeded to `seed`, restoring the caller's RNG state afterwards."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module, mc_dropout: bool | None = None) -> Iterator[nn.Module]:
+    """Batch-norm in eval mode (statistics must not depend on the T copies), MC dropout set as asked;
+    both restored afterwards."""
+    was_training = net.training
+    states = {m: m.enabled for m in net.modules() if isinstance(m, MCDropout2d)}
+    net.eval()
+    if mc_dropout is not None:
+        set_mc_dropout(net, mc_dropout)
+    try:
+        yield net
+    finally:
+        for m, enabled in states.items():
+            m.enabled = enabled
+        net.train(was_training)
+
+
+def encoder_once_supported(net: nn.Module) -> bool:
+    """True for an smp model whose MC dropout sits only downstream of the encoder."""
+    return (all(hasattr(net, a) for a in ("encoder", "decoder", "segmentation_head"))
+            and getattr(net, "mc_dropout_where", None) == "decoder")
+
+
+def chunk_size(total: int, height: int, width: int, device: torch.device, batch_size: int | None) -> int:
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"uncertainty.batch_size: expected a positive integer or null, got {batch_size}")
+        return min(total, int(batch_size))
+    budget = PIXEL_BUDGET.get(device.type, PIXEL_BUDGET["cuda"])
+    size = max(1, min(total, budget // max(1, height * width)))
+    n_chunks = -(-total // size)
+    return -(-total // n_chunks)  # balanced: 20 copies in chunks of 10 + 10, not 16 + 4
+
+
+def _chunks(total: int, size: int) -> Iterator[Tensor]:
+    for start in range(0, total, size):
+        yield torch.arange(start, min(start + size, total))
+
+
+def full_passes(net: nn.Module, x: Tensor, samples: int, batch_size: int | None = None) -> Tensor:
+    """`samples` whole-network passes of the batch-stacked copies of `x` (B,C,H,W) -> (T,B,K,H,W)."""
+    b = x.shape[0]
+    total = samples * b
+    size = chunk_size(total, x.shape[-2], x.shape[-1], x.device, batch_size)
+    outs = [torch.sigmoid(net(x[idx % b])) for idx in _chunks(total, size)]
+    out = torch.cat(outs)
+    return out.view(samples, b, *out.shape[1:])
+
+
+def encoder_once_passes(net: nn.Module, x: Tensor, samples: int, batch_size: int | None = None) -> Tensor:
+    """Encoder once on `x`, then `samples` decoder + head passes on the repeated features -> (T,B,K,H,W).
+
+    The copies are stacked and chunked exactly as in `full_passes`, so under the same seed both draw the same
+    dropout masks in the same order and give the same output.
+    """
+    if not encoder_once_supported(net):
+        raise ValueError("encoder-once sampling needs an smp model with MC dropout in the decoder only "
+                         "(model.mc_dropout.where=decoder)")
+    b = x.shape[0]
+    total = samples * b
+    features = net.encoder(x)
+    size = chunk_size(total, x.shape[-2], x.shape[-1], x.device, batch_size)
+    outs = []
+    for idx in _chunks(total, size):
+        rows = (idx % b).to(x.device)
+        feats = [f.index_select(0, rows) for f in features]
+        outs.append(torch.sigmoid(net.segmentation_head(net.decoder(feats))))
+    out = torch.cat(outs)
+    return out.view(samples, b, *out.shape[1:])
+
+
+@torch.no_grad()
+def sample_probs(
+    net: nn.Module | None,
+    x: Tensor,
+    method: str = "mc_dropout",
+    samples: int = 20,
+    seed: int | None = None,
+    models: list | None = None,
+    batch_size: int | None = None,
+    tta_ops: Sequence[str] | str = "all",
+) -> Tensor:
+    """Sigmoid probabilities (T,B,K,H,W) of `x` (B,C,H,W) at its own size, `T` samples per image.
+
+    `samples` is `T` for mc_dropout; for tta, T is the number of ops in `tta_ops`; for ensemble, the number
+    of `models` (then `net` is not used and may be None). `seed` fixes the dropout masks (the caller's RNG
+    state is left as it was). `batch_size` caps the image copies per forward pass (None: a pixel budget).
+    Networks run in eval mode; inputs are reflect-padded to a multiple of 32 and the outputs cropped back.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"sample_probs: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
+    if method not in METHODS:
+        raise ValueError(f"uncertainty.method: expected one of {', '.join(METHODS)}, got {method!r}")
+    padded, (h, w) = pad_to_multiple(x, PAD_MULTIPLE)
+    with seeded(seed, x.device):
+        if method == "mc_dropout":
+            out = _mc_dropout(net, padded, samples, batch_size)
+        elif method == "tta":
+            out = _tta(net, padded, tta_ops, batch_size)
+        else:
+            out = _ensemble(models, padded, batch_size)
+    return out[..., :h, :w]
+
+
+def _mc_dropout(net: nn.Module | None, x: Tensor, samples: int, batch_size: int | None) -> Tensor:
+    if net is None:
+        raise ValueError("uncertainty.method=mc_dropout needs a network")
+    if not has_mc_dropout(net):
+        raise ValueError("uncertainty.method=mc_dropout, but the model has no MC dropout: use model=bayes_unet "
+                         "or set model.mc_dropout={rate: 0.2, where: decoder} (or choose another "
+                         "uncertainty.method: tta, ensemble)")
+    if samples < 1:
+        raise ValueError(f"uncertainty.samples: expected a positive integer, got {samples}")
+    with eval_mode(net, mc_dropout=True):
+        if encoder_once_supported(net):
+            return encoder_once_passes(net, x, samples, batch_size)
+        return full_passes(net, x, samples, batch_size)
+
+
+def _tta(net: nn.Module | None, x: Tensor, ops: Sequence[str] | str, batch_size: int | None) -> Tensor:
+    if net is None:
+        raise ValueError("uncertainty.method=tta needs a network")
+    ops_list = get_ops(list(ops) if not isinstance(ops, str) else ops)
+    with eval_mode(net, mc_dropout=False):
+        outs = []
+        for _, fwd, inv in ops_list:
+            outs.append(inv(_chunked_forward(net, fwd(x), batch_size)))
+    return torch.stack(outs)
+
+
+def _ensemble(models: list | None, x: Tensor, batch_size: int | None) -> Tensor:
+    if not models:
+        raise ValueError("uncertainty.method=ensemble needs `models`: a non-empty list of networks "
+                         "(set uncertainty.checkpoints)")
+    outs = []
+    for m in models:
+        with eval_mode(m, mc_dropout=False):
+            outs.append(_chunked_forward(m, x, batch_size))
+    return torch.stack(outs)
+
+
+def _chunked_forward(net: nn.Module, x: Tensor, batch_size: int | None) -> Tensor:
+    size = chunk_size(x.shape[0], x.shape[-2], x.shape[-1], x.device, batch_size)
+    return torch.cat([torch.sigmoid(net(x[i:i + size])) for i in range(0, x.shape[0], size)])
+
+
+# --------------------------------------------------------------------------- configuration
+DEFAULTS: dict[str, Any] = {
+    "method": "none", "samples": 20, "seed": 0, "batch_size": None, "tta_ops": "all", "checkpoints": [],
+    "include_self": True, "failure_dice": 0.7, "review_threshold": "auto", "ece_bins": 15,
+}
+
+
+def resolve_settings(cfg: dict[str, Any] | None, net: nn.Module) -> dict[str, Any] | None:
+    """The effective uncertainty settings for `net`, or None when there is nothing to estimate.
+
+    A model with MC dropout is evaluated with it even when `uncertainty.method` was left at `none` (its
+    dropout is on at inference anyway); `mc_dropout` on a model without MC dropout is a configuration error.
+    """
+    settings = {**DEFAULTS, **dict(cfg or {})}
+    method = settings["method"] or "none"
+    if method == "none":
+        if not has_mc_dropout(net):
+            return None
+        log.info("the model has MC dropout and uncertainty.method=none: evaluating it with mc_dropout")
+        method = "mc_dropout"
+    if method not in METHODS:
+        raise ValueError(f"uncertainty.method: expected none, {', '.join(METHODS)}; got {method!r}")
+    if method == "mc_dropout" and not has_mc_dropout(net):
+        raise ValueError("uncertainty.method=mc_dropout, but the model has no MC dropout: use model=bayes_unet "
+                         "or add a model.mc_dropout block ({rate: 0.2, where: decoder}), or choose "
+                         "uncertainty.method=tta|ensemble")
+    rt = settings["review_threshold"]
+    if not (rt == "auto" or isinstance(rt, int | float)):
+        raise ValueError(f"uncertainty.review_threshold: expected 'auto' or a number in [0, 1], got {rt!r}")
+    settings["method"] = method
+    return settings
+
+
+def checkpoint_paths(patterns: Sequence[str]) -> list[Path]:
+    """Expand `uncertainty.checkpoints` (paths or glob patterns) to sorted, existing files."""
+    paths: list[Path] = []
+    for pattern in patterns or []:
+        matches = sorted(glob.glob(str(pattern), recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"uncertainty.checkpoints: no checkpoint matches {pattern!r}")
+        paths += [Path(m) for m in matches]
+    return paths
+
+
+def load_ensemble(patterns: Sequence[str], device: torch.device | str = "cpu") -> list[nn.Module]:
+    """The member networks of a deep ensemble, rebuilt from their checkpoints alone."""
+    from nucseg.models.module import load_module
+
+    return [load_module(p).net.to(device).eval() for p in checkpoint_paths(patterns)]

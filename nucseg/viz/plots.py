@@ -1,0 +1,162 @@
+"""Figures for uncertainty and training progress: heatmap overlays (red = most uncertain, blue = least),
+image / ground truth / prediction / uncertainty panels, reliability diagrams, and the training-progress grid.
+
+Figures are built with `matplotlib.figure.Figure` (no pyplot state, no display needed) and returned as PNG
+bytes or RGB arrays, ready for `atomic_write_bytes` or `wandb.Image`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+# blue (low) -> cyan -> yellow -> red (high)
+HEAT_CMAP = "jet"
+# full scale of each uncertainty map for a binary foreground (entropies in bits)
+MAP_RANGE = {"entropy": 1.0, "mutual_info": 1.0, "variance": 0.25}
+
+
+def as_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    """HxW or HxWx3, float in [0, 1] or uint8 -> HxWx3 uint8."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return img
+
+
+def heat_colors(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """HxW values -> HxWx3 uint8 colours of HEAT_CMAP on a fixed [vmin, vmax] scale."""
+    norm = Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-12, clip=True)
+    rgba = colormaps[HEAT_CMAP](norm(np.asarray(values, dtype=np.float64)))
+    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def overlay_heatmap(image: np.ndarray, values: np.ndarray, vmax: float = 1.0, alpha: float = 0.6) -> np.ndarray:
+    """Blend the heat colours of `values` over `image`; pixels with no uncertainty keep more of the image."""
+    img = as_uint8_rgb(image).astype(np.float32)
+    heat = heat_colors(values, 0.0, vmax).astype(np.float32)
+    weight = alpha * (0.35 + 0.65 * np.clip(np.asarray(values, np.float32) / max(vmax, 1e-12), 0, 1))[..., None]
+    return (img * (1 - weight) + heat * weight + 0.5).astype(np.uint8)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 0),
+                 alpha: float = 0.45) -> np.ndarray:
+    img = as_uint8_rgb(image).astype(np.float32)
+    m = np.asarray(mask, bool)[..., None]
+    out = np.where(m, img * (1 - alpha) + np.asarray(color, np.float32) * alpha, img)
+    return (out + 0.5).astype(np.uint8)
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def figure_array(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """RGB uint8 array of a rendered figure."""
+    from matplotlib.image import imread
+
+    return (imread(io.BytesIO(figure_png(fig, dpi)), format="png")[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def pad_to_common_size(arrays: Sequence[np.ndarray], fill: int = 255) -> list[np.ndarray]:
+    """Pad HxWx3 arrays on the bottom/right to one size (W&B shows a list of images well only then)."""
+    if not arrays:
+        return []
+    h = max(a.shape[0] for a in arrays)
+    w = max(a.shape[1] for a in arrays)
+    return [np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1]), (0, 0)), constant_values=fill) for a in arrays]
+
+
+def uncertainty_panel(image: np.ndarray, target: np.ndarray | None, pred: np.ndarray, values: np.ndarray,
+                      map_name: str = "entropy", vmax: float | None = None, title: str = "") -> Figure:
+    """One row: image | ground truth | prediction | uncertainty heatmap over the image, with a colour bar."""
+    vmax = MAP_RANGE.get(map_name, 1.0) if vmax is None else vmax
+    img = as_uint8_rgb(image)
+    panels = [("image", img)]
+    if target is not None:
+        panels.append(("ground truth", mask_overlay(img, target, (0, 255, 0))))
+    panels += [("prediction", mask_overlay(img, pred, (255, 0, 255))),
+               (f"{map_name} (red = most uncertain)", overlay_heatmap(img, values, vmax))]
+    h, w = img.shape[:2]
+    scale = 3.2 / max(h, w)
+    fig = Figure(figsize=(len(panels) * w * scale + 0.8, h * scale + 0.6))
+    axes = fig.subplots(1, len(panels))
+    for ax, (name, arr) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(arr)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    mappable = fig.colorbar(_scalar_mappable(vmax), ax=list(np.atleast_1d(axes)), fraction=0.02, pad=0.01)
+    mappable.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _scalar_mappable(vmax: float):
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=Normalize(0.0, vmax), cmap=colormaps[HEAT_CMAP])
+
+
+def reliability_diagram(bins: dict, ece: float, title: str = "pixel reliability") -> Figure:
+    """Bars of the observed foreground frequency per probability bin against the diagonal, with the pixel
+    share of each bin below (log scale: most pixels are confident background)."""
+    edges = np.asarray(bins["edges"], np.float64)
+    count = np.asarray(bins["count"], np.float64)
+    freq = np.asarray(bins["frequency"], np.float64)
+    conf = np.asarray(bins["confidence"], np.float64)
+    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig = Figure(figsize=(4.2, 5.0))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ok = count > 0
+    top.bar(centers[ok], freq[ok], width=width[ok], edgecolor="black", color="tab:blue", label="observed")
+    top.bar(centers[ok], conf[ok] - freq[ok], bottom=freq[ok], width=width[ok], color="tab:red", alpha=0.35,
+            label="gap to mean probability")
+    top.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    top.set_ylabel("fraction of foreground pixels")
+    top.set_ylim(0, 1)
+    top.set_title(f"{title} (ECE = {ece:.4f})", fontsize=10)
+    top.legend(fontsize=7, loc="upper left")
+    share = count / max(count.sum(), 1)
+    bottom.bar(centers, np.where(share > 0, share, np.nan), width=width, color="gray", edgecolor="black")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("predicted foreground probability")
+    bottom.set_ylabel("pixel share")
+    bottom.set_xlim(0, 1)
+    return fig
+
+
+def progress_grid(images: Sequence[np.ndarray], targets: Sequence[np.ndarray | None],
+                  snapshots: Sequence[tuple[int, Sequence[np.ndarray], Sequence[float]]],
+                  names: Sequence[str] | None = None) -> Figure:
+    """Rows = fixed images; columns = image, ground truth, then the predicted foreground probability at each
+    snapshot `(global_step, probs per image, Dice per image)`: the model learning (or forgetting) over time."""
+    n_rows, n_cols = len(images), 2 + len(snapshots)
+    fig = Figure(figsize=(1.9 * n_cols, 1.9 * n_rows + 0.4))
+    axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
+    for r, img in enumerate(images):
+        row = [("image", as_uint8_rgb(img), None)]
+        tgt = targets[r]
+        row.append(("ground truth", np.zeros(img.shape[:2]) if tgt is None else np.asarray(tgt, float), "gray"))
+        for step, probs, dices in snapshots:
+            d = dices[r]
+            label = f"step {step}" + ("" if d is None or not np.isfinite(d) else f"\nDice {d:.2f}")
+            row.append((label, np.asarray(probs[r], float), "magma"))
+        for c, (label, arr, cmap) in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1) if cmap else ax.imshow(arr)
+            ax.set_title(label if c >= 2 or r == 0 else "", fontsize=7)
+            ax.axis("off")
+        if names:
+            axes[r, 0].set_title(str(names[r])[:16], fontsize=7)
+    fig.suptitle("predicted foreground probability during training", fontsize=9)
+    return fig
