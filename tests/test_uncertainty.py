@@ -264,6 +264,12 @@ def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tm
         assert metrics["test/failure_auroc"] == pytest.approx(auroc, abs=1e-6)
     threshold = metrics["val/review_threshold"]
     assert [r["needs_review"] == "True" for r in rows] == [c < threshold for c in cert]
+
+    # the run's own figures carry the certainty of each image and its heatmap
+    fig_rows = {r["id"]: r for r in csv.DictReader((tmp_path / "figures" / "per_image.csv").open())}
+    assert {r["id"]: pytest.approx(float(r["certainty"]), abs=1e-6) for r in rows} == \
+        {k: float(v["certainty"]) for k, v in fig_rows.items()}
+    assert (tmp_path / "figures" / "certainty_vs_dice.png").is_file()
     assert json.loads((out / "review_threshold.json").read_text())["review_threshold"] == pytest.approx(threshold)
     assert (out / "reliability.png").stat().st_size > 5000
     assert len(list((out / "heatmaps").glob("*.png"))) == 2

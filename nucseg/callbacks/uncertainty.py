@@ -226,6 +226,8 @@ class UncertaintyEvaluation(L.Callback):
             mean, heat, true = row.pop("_maps")
             row["needs_review"] = bool(row["certainty"] < self.review_threshold)
             self.rows.append(row)
+            if i == 0 and isinstance(outputs, dict):  # for later callbacks (report figures); test batches hold 1
+                outputs["uncertainty"], outputs["certainty"] = heat.detach().float().cpu(), row["certainty"]
             if len(self._panels) < self.num_heatmaps and trainer.is_global_zero:
                 thr = float(getattr(pl_module, "threshold", 0.5))
                 self._panels.append(self._panel(trainer, batch["image"][i], mean > thr, heat, true, row))
