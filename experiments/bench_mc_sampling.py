@@ -61,7 +61,7 @@ def main() -> None:
     T = args.samples
     chunk = chunk_size(T * args.batch, args.size, args.size, device, args.chunk)
     print(f"{args.arch}/{args.encoder} depth {args.depth}, MC dropout {args.rate} in the decoder; "
-          f"T={T}, {args.batch}x3x{args.size}x{args.size}, {chunk} copies per forward pass, device {device}, "
+          f"T={T}, {args.batch}x3x{args.size}x{args.size}, image copies per forward pass: {chunk}, device {device}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
 
     @torch.no_grad()

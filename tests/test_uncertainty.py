@@ -222,6 +222,27 @@ def test_bayes_unet_config_selects_mc_dropout(make_cfg):
     assert make_cfg(["uncertainty=ensemble"], fast=False).uncertainty.include_self is True
 
 
+def test_uncertainty_callbacks_are_no_ops_for_a_plain_model():
+    from nucseg.callbacks.uncertainty import UncertaintyEvaluation
+    from nucseg.callbacks.wandb_uncertainty import WandbUncertaintyHeatmaps
+    from nucseg.models.module import SegmentationModule
+
+    module = SegmentationModule(net={"_target_": "nucseg.models.factory.build_model", "arch": "unet",
+                                     "encoder_name": "resnet18", "encoder_depth": 3},
+                                uncertainty={"method": "none"})
+    cb, heat = UncertaintyEvaluation(), WandbUncertaintyHeatmaps()
+    cb.setup(None, module, "fit")
+    heat.setup(None, module, "fit")
+    cb.on_test_start(None, module)  # no trainer needed: nothing is sampled, read or written
+    batch = {"image": torch.rand(1, 3, 32, 32), "target": torch.zeros(1, 1, 32, 32), "labelled": [True], "id": ["a"]}
+    cb.on_test_batch_end(None, module, {"probs": torch.rand(1, 1, 32, 32)}, batch, 0)
+    cb.on_test_epoch_end(None, module)
+    assert cb.settings is None and cb.rows == [] and heat._settings is None
+    bad = SegmentationModule(net=dict(module.hparams.net), uncertainty={"method": "mc_dropout"})
+    with pytest.raises(ValueError, match="model.mc_dropout"):  # fails at setup, before any training
+        cb.setup(None, bad, "fit")
+
+
 # --------------------------------------------------------------------------- end to end
 def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch):
     from nucseg.train import train

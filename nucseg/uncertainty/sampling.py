@@ -28,9 +28,10 @@ from nucseg.models.module import pad_to_multiple
 log = logging.getLogger(__name__)
 
 METHODS = ("mc_dropout", "tta", "ensemble")
-# Auto chunking: image copies per forward pass are capped so one chunk holds about this many pixels
-# (activations of a U-Net decoder at full resolution dominate memory).
-PIXEL_BUDGET = {"cpu": 2**20, "cuda": 2**23}
+# Auto chunking: image copies per forward pass are capped so one chunk holds about this many pixels. On a GPU
+# big batches fill the device (activations of the decoder at full resolution bound memory); on a CPU big
+# batches only thrash the caches: experiments/bench_mc_sampling.py measured one 256x256 copy per pass fastest.
+PIXEL_BUDGET = {"cpu": 2**16, "cuda": 2**23}
 # pad to this multiple before the network (any smp encoder depth <= 5 divides it); outputs are cropped back
 PAD_MULTIPLE = 32
 
