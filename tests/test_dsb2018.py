@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from nucseg.data.datamodule import SegDataModule, stratified_split
+from nucseg.data.datamodule import SegDataModule, group_weights, stratified_split
 from nucseg.data.dsb2018 import DataNotFoundError, DSB2018Source, merge_masks
 from nucseg.data.source import CachedSource
 
@@ -95,6 +96,33 @@ def test_datamodule_batches(dsb_root, cache_dir):
     rid = val["id"][0]
     raw = Image.open(dsb_root / rid / "images" / f"{rid}.png")
     assert val["image"].shape[-2:] == (raw.height, raw.width)  # whole image, original size
+
+
+def test_group_weights_hand_computed():
+    groups = ["a", "a", "a", "b"]
+    assert group_weights(groups, 0.0).tolist() == pytest.approx([0.25] * 4)  # uniform over images
+    assert group_weights(groups, 1.0).tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 0.5])  # groups 50/50
+    w = group_weights(groups, 0.5)  # group shares in proportion to sqrt(3) : 1
+    assert w[:3].sum() / w[3] == pytest.approx(3 ** 0.5)
+    with pytest.raises(ValueError, match="data.group_balance"):
+        group_weights(groups, 1.5)
+
+
+def test_group_balance_oversamples_rare_imaging_types_on_the_real_split(dsb_root, cache_dir):
+    dm = SegDataModule(DSB2018Source(dsb_root, index_dir=cache_dir), cache_dir=str(cache_dir), crop_size=64,
+                       batch_size=4, num_workers=0, samples_per_epoch=4000, group_balance=0.5)
+    dm.setup()
+    sampler = dm.train_dataloader().sampler
+    train = dm.splits["train"]
+    counts = {g: sum(dm.groups[r] == g for r in train) for g in ("fluorescence", "stained", "brightfield")}
+    expected = {g: n ** 0.5 / sum(m ** 0.5 for m in counts.values()) for g, n in counts.items()}
+    torch.manual_seed(0)
+    drawn = [dm.groups[train[i]] for i in sampler]
+    assert len(drawn) == 4000
+    for g, share in expected.items():  # 4000 draws: binomial sd <= 0.8 percentage points
+        assert drawn.count(g) / 4000 == pytest.approx(share, abs=0.03), g
+    uniform_brightfield = counts["brightfield"] / len(train)
+    assert drawn.count("brightfield") / 4000 > 3 * uniform_brightfield  # ~2 % of uniform draws, ~10 % here
 
 
 def test_missing_and_empty_roots_say_where_and_how(tmp_path):

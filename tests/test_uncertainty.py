@@ -243,6 +243,29 @@ def test_uncertainty_callbacks_are_no_ops_for_a_plain_model():
         cb.setup(None, bad, "fit")
 
 
+def test_validation_and_test_passes_are_deterministic_for_an_mc_dropout_model():
+    """Checkpoint selection must not rank one random dropout sample: outside training, predict_logits
+    switches MC dropout off (and restores it), while training steps and the uncertainty sampler keep it."""
+    from nucseg.models.module import SegmentationModule
+
+    module = SegmentationModule(net={"_target_": "nucseg.models.factory.build_model", "arch": "unet",
+                                     "encoder_name": "resnet18", "encoder_depth": 3,
+                                     "mc_dropout": {"rate": 0.5, "where": "decoder"}})
+    x = torch.rand(1, 3, 40, 56)
+    module.eval()
+    with torch.no_grad():
+        a, b = module.predict_logits(x), module.predict_logits(x)
+        with eval_mode(module.net, mc_dropout=False):
+            reference = module.net(pad_to_multiple(x)[0])[..., :40, :56]
+        sampled = sample_probs(module.net, x, method="mc_dropout", samples=2, seed=0)
+    assert a.shape == (1, 1, 40, 56) and torch.equal(a, b) and torch.allclose(a, reference)
+    assert all(m.enabled for m in module.net.mc_dropouts)  # restored after the deterministic pass
+    assert not torch.equal(sampled[0], sampled[1])  # the sampler still draws different masks
+    module.train()
+    with torch.no_grad():
+        assert not torch.equal(module.predict_logits(x), module.predict_logits(x))
+
+
 # --------------------------------------------------------------------------- end to end
 def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch):
     from nucseg.train import train

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from nucseg.data.io import ImageReadError
 from nucseg.data.source import CachedSource, Record, Source
@@ -51,6 +51,20 @@ def stratified_split(records: Sequence[Record], val_fraction: float, test_fracti
         out["val"] += ids[n_test:n_test + n_val]
         out["train"] += ids[n_test + n_val:]
     return {k: sorted(v) for k, v in out.items()}
+
+
+def group_weights(groups: Sequence[str], balance: float) -> np.ndarray:
+    """Per-image sampling weights that rebalance imaging types: an image of a group of n images gets
+    n ** -balance (normalised to sum 1). balance=0 draws images uniformly (groups in proportion to their
+    size), 1 draws every group equally often, 0.5 in proportion to sqrt(n): rare types are seen more often
+    without repeating their few images as often as full balance would."""
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"data.group_balance: expected a number in [0, 1], got {balance}")
+    counts: dict[str, int] = defaultdict(int)
+    for g in groups:
+        counts[g] += 1
+    w = np.array([counts[g] ** -balance for g in groups], dtype=np.float64)
+    return w / w.sum()
 
 
 def binary_targets(labels: np.ndarray) -> np.ndarray:
@@ -128,12 +142,14 @@ class SegDataModule(L.LightningDataModule):
         validate: bool = True,
         large_image_mp: float = 16.0,
         root: str | None = None,
+        group_balance: float = 0.0,
     ):
         """`validate` checks every record's files up front (see `Source.check`). Images above
         `large_image_mp` megapixels are logged by name: training crops them like any other, but whole-image
         validation/test/prediction memory grows with the area. `root` is informational: configs whose
         source root is a mandatory user setting (`data=folder data.root=...`) keep it here and pass it on to
-        the source by interpolation."""
+        the source by interpolation. `group_balance` (0..1) oversamples rare imaging types in training
+        (see `group_weights`); validation and test are never reweighted."""
         super().__init__()
         self.source = source
         self.cached = CachedSource(source, cache_dir)
@@ -143,18 +159,35 @@ class SegDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.target_fn = resolve_targets(targets)
         self.validate, self.large_image_mp, self.root = validate, large_image_mp, root
+        if not 0.0 <= group_balance <= 1.0:
+            raise ValueError(f"data.group_balance: expected a number in [0, 1], got {group_balance}")
+        self.group_balance = float(group_balance)
         self.splits: dict[str, list[str]] | None = None
+        self.groups: dict[str, str] = {}
         if cache_dir:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             records = self.source.records()
+            self.groups = {r.id: r.group for r in records}
             splits = stratified_split(records, self.val_fraction, self.test_fraction, self.split_seed)
             if self.validate:
                 self._validate(splits)
             self.splits = splits
             log.info("split of %s: %s", self.source.name, {k: len(v) for k, v in self.splits.items()})
+            if self.group_balance and splits.get("train"):
+                shares: dict[str, float] = defaultdict(float)
+                train = splits["train"]
+                for rid, w in zip(train, self.train_weights(), strict=True):
+                    shares[self.groups[rid]] += float(w)
+                log.info("data.group_balance=%g: training draws per imaging type %s", self.group_balance,
+                         {g: f"{v:.1%}" for g, v in sorted(shares.items())})
+
+    def train_weights(self) -> np.ndarray:
+        """Sampling weight of each training image, in the order of `splits['train']`."""
+        assert self.splits is not None
+        return group_weights([self.groups.get(rid, "all") for rid in self.splits["train"]], self.group_balance)
 
     def _validate(self, splits: dict[str, list[str]]) -> None:
         """Check every record's files before any worker starts; report all bad files at once."""
@@ -205,10 +238,18 @@ class SegDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         train = split == "train"
+        dataset = self.dataset(split)
+        sampler = None
+        if train and self.group_balance:
+            # draws image indices (the dataset maps index i to image i % n); Lightning wraps it for DDP
+            sampler = WeightedRandomSampler(torch.from_numpy(self.train_weights()), num_samples=len(dataset),
+                                            replacement=True)
+            shuffle = False
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if train else 1,  # whole images differ in size
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

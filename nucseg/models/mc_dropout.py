@@ -5,6 +5,9 @@ stochastic passes at inference sample from an approximate posterior (Gal & Ghahr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -70,3 +73,16 @@ def set_mc_dropout(net: nn.Module, enabled: bool) -> None:
 
 def has_mc_dropout(net: nn.Module) -> bool:
     return any(isinstance(m, MCDropout2d) for m in net.modules())
+
+
+@contextlib.contextmanager
+def mc_dropout_off(net: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with MC dropout switched off (a deterministic pass), restoring each layer's state after."""
+    states = {m: m.enabled for m in net.modules() if isinstance(m, MCDropout2d)}
+    for m in states:
+        m.enabled = False
+    try:
+        yield net
+    finally:
+        for m, enabled in states.items():
+            m.enabled = enabled

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
 from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
+from nucseg.models.mc_dropout import mc_dropout_off
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,15 @@ class SegmentationModule(L.LightningModule):
         return self.net(x)
 
     def predict_logits(self, image: Tensor) -> Tensor:
-        """Logits at the input's size for whole images of any size (pads to the encoder's stride)."""
+        """Logits at the input's size for whole images of any size (pads to the encoder's stride).
+
+        Outside training MC dropout is off: validation (which picks the best checkpoint), test and predict
+        see the deterministic network, not one random dropout sample; uncertainty sampling calls the net."""
         padded, (h, w) = pad_to_multiple(image, self.pad_multiple)
-        return self.net(padded)[..., :h, :w]
+        if self.training:
+            return self.net(padded)[..., :h, :w]
+        with mc_dropout_off(self.net):
+            return self.net(padded)[..., :h, :w]
 
     # ----------------------------------------------------------------- steps
     def _check_targets(self, logits: Tensor, target: Tensor) -> None:

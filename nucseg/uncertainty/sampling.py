@@ -134,7 +134,8 @@ def sample_probs(
 
     `samples` is `T` for mc_dropout; for tta, T is the number of ops in `tta_ops`; for ensemble, the number
     of `models` (then `net` is not used and may be None). `seed` fixes the dropout masks (the caller's RNG
-    state is left as it was). `batch_size` caps the image copies per forward pass (None: a pixel budget).
+    state is left as it was): the same seed, `batch_size` and device give the same samples; another chunking
+    draws other (equally valid) masks. `batch_size` caps the image copies per forward pass (None: a pixel budget).
     Networks run in eval mode; inputs are reflect-padded to a multiple of 32 and the outputs cropped back.
     """
     if x.ndim != 4:
