@@ -36,10 +36,15 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--root", type=Path, default=Path(os.environ.get("NUCSEG_DATA_DIR", "data")) / "dsb2018" / "stage1_train")
     ap.add_argument("--fail-dice", type=float, default=0.7)
+    ap.add_argument("--worst", type=int, default=10, help="also list the N lowest-Dice images (failing or not)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     rows = list(csv.DictReader((args.run_dir / "figures" / "per_image.csv").open()))
+    review: dict[str, str] = {}  # Bayesian runs: which test images the certainty sends to an expert
+    unc = args.run_dir / "uncertainty" / "test_images.csv"
+    if unc.is_file():
+        review = {r["id"]: r["needs_review"] for r in csv.DictReader(unc.open())}
     src = DSB2018Source(args.root)
     for r in rows:
         image, labels = src.load(r["id"])
@@ -69,11 +74,18 @@ def main() -> None:
                 f"median nuclei {np.median([r['n_nuclei'] for r in rs]):.0f}, "
                 f"touching {np.mean([r['touching'] for r in rs]):.0%}")
 
+    worst = sorted(rows, key=lambda r: r["dice"])[:max(args.worst, len(fails))]
+    has_cert = bool(rows) and rows[0].get("certainty") not in (None, "")
+    extra = " certainty | review |" if has_cert else ""
     lines += ["", f"- failed images: {summary(fails)}", f"- other images: {summary(ok)}", "",
-              "| rank | image | type | size | nuclei | touching | Dice | IoU |", "|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(fails, 1):
+              f"The {len(worst)} lowest-Dice images:", "",
+              "| rank | image | type | size | nuclei | touching | Dice | IoU |" + extra,
+              "|---|---|---|---|---|---|---|---|" + ("---|---|" if has_cert else "")]
+    for i, r in enumerate(worst, 1):
+        cert = (f" {float(r['certainty']):.3f} | {'yes' if review.get(r['id']) == 'True' else 'no'} |"
+                if has_cert else "")
         lines.append(f"| {i} | {r['id'][:12]} | {r['group']} | {r['height']}x{r['width']} | {r['n_nuclei']} | "
-                     f"{r['touching']:.0%} | {r['dice']:.3f} | {r['iou']:.3f} |")
+                     f"{r['touching']:.0%} | {r['dice']:.3f} | {r['iou']:.3f} |" + cert)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

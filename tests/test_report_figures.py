@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nucseg.callbacks.report_figures import histories_from_csv
 from nucseg.train import train
 
 
@@ -23,3 +24,24 @@ def test_run_writes_figures_and_ranked_csv(make_cfg, tmp_path):
     dice = [float(r["dice"]) for r in rows]
     assert dice == sorted(dice)  # worst first
     assert np.mean(dice) == pytest.approx(metrics["test/dice"], abs=1e-5)
+
+
+def test_training_curves_take_every_epochs_train_loss_from_the_csv_log(tmp_path):
+    """Lightning's CSV log has step rows, train-epoch rows and validation rows; validation ran at epochs 1 and 3."""
+    rows = [
+        "epoch,step,train/loss_step,train/loss_epoch,val/loss,val/dice,val/iou",
+        "0,9,1.5,,,,",
+        "0,9,,1.25,,,",
+        "1,19,,,0.9,0.6,0.45",
+        "1,19,,0.8,,,",
+        "2,29,,0.7,,,",
+        "3,39,,,0.5,0.8,0.7",
+        "3,39,,0.6,,,",
+    ]
+    path = tmp_path / "metrics.csv"
+    path.write_text("\n".join(rows) + "\n")
+    train_h, val_h = histories_from_csv(path)
+    assert train_h == [{"epoch": 0.0, "train/loss": 1.25}, {"epoch": 1.0, "train/loss": 0.8},
+                       {"epoch": 2.0, "train/loss": 0.7}, {"epoch": 3.0, "train/loss": 0.6}]
+    assert val_h == [{"epoch": 1.0, "val/loss": 0.9, "val/dice": 0.6, "val/iou": 0.45},
+                     {"epoch": 3.0, "val/loss": 0.5, "val/dice": 0.8, "val/iou": 0.7}]

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from nucseg.data.io import atomic_write_bytes, atomic_write_text
 from nucseg.metrics.pixel import dice_score, iou_score
+from nucseg.utils.distributed import gather_rows
 from nucseg.viz.overlays import pixel_error_overlay
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,49 @@ def _savefig(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def training_curves_figure(train: list[dict[str, float]], val: list[dict[str, float]]):
+    """Loss per epoch (train every epoch, val where validated) and val Dice / IoU; epochs counted from 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ep = [h["epoch"] + 1 for h in val]
+    ax1.plot([h["epoch"] + 1 for h in train], [h["train/loss"] for h in train], "-o", label="train/loss", ms=3)
+    ax1.plot(ep, [h.get("val/loss", np.nan) for h in val], "-s", label="val/loss", ms=3)
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
+    for key in ("val/dice", "val/iou"):
+        ax2.plot(ep, [h.get(key, np.nan) for h in val], "-o", label=key, ms=3)
+    ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.legend(), ax2.grid(alpha=0.3)
+    fig.suptitle("training curves")
+    return fig
+
+
+def histories_from_csv(path: str | Path) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """The same histories from Lightning's CSV log (`<run>/csv/metrics.csv`), to redraw a finished run."""
+    train: dict[float, float] = {}
+    val: dict[float, dict[str, float]] = {}
+    with Path(path).open() as f:
+        for r in csv.DictReader(f):
+            if not r.get("epoch"):
+                continue
+            epoch = float(r["epoch"])
+            if r.get("train/loss_epoch"):
+                train[epoch] = float(r["train/loss_epoch"])
+            for k in ("val/loss", "val/dice", "val/iou"):
+                if r.get(k):
+                    val.setdefault(epoch, {"epoch": epoch})[k] = float(r[k])
+    return ([{"epoch": e, "train/loss": v} for e, v in sorted(train.items())],
+            [val[e] for e in sorted(val)])
+
+
 class ReportFigures(L.Callback):
     def __init__(self, n_best_worst: int = 3, threshold: float = 0.5, max_side: int = 256,
                  dirname: str = "figures"):
         self.n, self.threshold, self.max_side, self.dirname = n_best_worst, threshold, max_side, dirname
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []  # validation epochs
+        self.train_history: list[dict[str, float]] = []  # every training epoch
         self.rows: list[dict] = []
 
     def _dir(self, trainer: L.Trainer) -> Path:
@@ -58,31 +97,22 @@ class ReportFigures(L.Callback):
             return
         m = trainer.callback_metrics
         row = {"epoch": float(trainer.current_epoch), "step": float(trainer.global_step)}
-        for k in ("train/loss_epoch", "val/loss", "val/dice", "val/iou"):
+        for k in ("val/loss", "val/dice", "val/iou"):
             if k in m:
                 row[k] = float(m[k])
         self.history.append(row)
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # every epoch, not only those with validation (which Lightning runs before this hook)
+        m = trainer.callback_metrics
+        if "train/loss_epoch" in m:
+            self.train_history.append({"epoch": float(trainer.current_epoch), "train/loss": float(m["train/loss_epoch"])})
+
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.history:
+        if not self.history and not self.train_history:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        ep = [h["epoch"] + 1 for h in self.history]
-        for key, style in (("train/loss_epoch", "-o"), ("val/loss", "-s")):
-            ys = [h.get(key, np.nan) for h in self.history]
-            ax1.plot(ep, ys, style, label=key.replace("_epoch", ""), ms=3)
-        ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
-        for key in ("val/dice", "val/iou"):
-            ax2.plot(ep, [h.get(key, np.nan) for h in self.history], "-o", label=key, ms=3)
-        ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.legend(), ax2.grid(alpha=0.3)
-        fig.suptitle("training curves")
-        _savefig(fig, self._dir(trainer) / "training_curves.png")
+        _savefig(training_curves_figure(self.train_history, self.history), self._dir(trainer) / "training_curves.png")
 
     # ------------------------------------------------------------------ test figures
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -108,9 +138,9 @@ class ReportFigures(L.Callback):
             "_unc": _thumb(torch.as_tensor(unc).float().cpu().numpy(), self.max_side) if unc is not None else None,
         })
 
-    @rank_zero_only
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.rows:
+        self.rows = gather_rows(trainer, self.rows)  # DDP: every process's test images, once each
+        if not self.rows or not trainer.is_global_zero:
             return
         import matplotlib
 

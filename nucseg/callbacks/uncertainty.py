@@ -51,6 +51,7 @@ from nucseg.uncertainty.scores import (
     spearman,
     youden_threshold,
 )
+from nucseg.utils.distributed import gather_rows, sum_states
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,9 @@ class UncertaintyEvaluation(L.Callback):
             return
         self._members = ensemble_members(pl_module, self.settings)
         n_bins = int(self.settings.get("ece_bins", 15))
-        self._cal = {"mc": CalibrationError(n_bins), "det": CalibrationError(n_bins)}
+        # summed across DDP processes by hand in on_test_epoch_end (states live on the CPU)
+        self._cal = {"mc": CalibrationError(n_bins, sync_on_compute=False),
+                     "det": CalibrationError(n_bins, sync_on_compute=False)}
         rt = self.settings["review_threshold"]
         if rt == "auto":
             self.review_threshold = self._choose_threshold(trainer, pl_module)
@@ -244,7 +247,12 @@ class UncertaintyEvaluation(L.Callback):
         return figure_array(fig), title
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.settings is None or not self.rows:
+        if self.settings is None:  # decided by the config: the same on every DDP process
+            return
+        self.rows = gather_rows(trainer, self.rows)  # every process: the whole split's rows and bins
+        for cal in self._cal.values():
+            sum_states(trainer, cal, ("count", "prob_sum", "pos_sum"))
+        if not self.rows:
             return
         fd = float(self.settings["failure_dice"])
         labelled = [r for r in self.rows if not math.isnan(r["dice_mc"])]

@@ -1,0 +1,95 @@
+"""Copy what a finished training run wrote into `experiments/results/<name>/`, so a results-table row has its
+evidence in the repository: the command (overrides), the machine, the wall time from the run's own log, the
+metrics, the per-image tables and the figures the run drew.
+
+    python experiments/record_run.py outputs/cpu/runs/<timestamp> cpu_preset_cpu [--note "..."]
+
+Writes `record.json` (command, machine, start/end, wall minutes, the table's metrics) beside the copies; the
+prose README of a record is written by hand from these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from nucseg.callbacks.report_figures import histories_from_csv, training_curves_figure
+from nucseg.data.io import atomic_write_bytes, atomic_write_text
+
+FILES = [
+    "metrics.json", ".hydra/overrides.yaml", "figures/per_image.csv", "figures/best_worst.png",
+    "figures/training_curves.png", "figures/certainty_vs_dice.png", "progress/progress_grid.png",
+    "uncertainty/test_images.csv", "uncertainty/reliability.png", "uncertainty/review_threshold.json",
+    "csv/metrics.csv",
+]
+TABLE = ["test/dice", "test/iou", "test/auroc", "test/dsb_score", "test/dsb_score_cc", "test/ap50",
+         "test/count_error", "test/dice_mc", "test/dice_deterministic", "test/certainty_spearman",
+         "test/failure_auroc", "test/ece", "test/ece_deterministic", "test/review_fraction"]
+STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]")
+
+
+def log_span(run_dir: Path) -> tuple[datetime, datetime]:
+    """First and last time stamps of the run's Hydra log (`<task>.log`)."""
+    stamps = []
+    for log in sorted(run_dir.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            m = STAMP.match(line)
+            if m:
+                stamps.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+    if not stamps:
+        raise SystemExit(f"{run_dir}: no time-stamped log (*.log) to take the wall time from")
+    return min(stamps), max(stamps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("name", help="folder under experiments/results/")
+    ap.add_argument("--machine", default=None, help="words for the machine (default: from this host)")
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+
+    run = args.run_dir
+    if not (run / "metrics.json").is_file():
+        raise SystemExit(f"{run}: no metrics.json; is this a finished run directory?")
+    dest = Path(__file__).parent / "results" / args.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in FILES:
+        src = run / rel
+        if src.is_file():
+            target = dest / Path(rel).name
+            shutil.copyfile(src, target.with_suffix(target.suffix + ".tmp"))
+            os.replace(target.with_suffix(target.suffix + ".tmp"), target)
+    if (run / "csv" / "metrics.csv").is_file():  # redraw the curves from the CSV log (every epoch's train loss)
+        figure = training_curves_figure(*histories_from_csv(run / "csv" / "metrics.csv"))
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        atomic_write_bytes(dest / "training_curves.png", buf.getvalue())
+    metrics = json.loads((run / "metrics.json").read_text())
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    start, end = log_span(run)
+    machine = args.machine or f"{platform.node()}: {os.cpu_count()} CPU cores, {platform.machine()}"
+    record = {
+        "command": "python -m nucseg.train " + " ".join(overrides),
+        "run_dir": str(run),
+        "machine": machine,
+        "start": start.isoformat(sep=" "), "end": end.isoformat(sep=" "),
+        "wall_min_from_log": round((end - start).total_seconds() / 60, 1),
+        "metrics": {k: metrics[k] for k in TABLE if k in metrics},
+        "note": args.note,
+    }
+    atomic_write_text(dest / "record.json", json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
