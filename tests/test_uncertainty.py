@@ -24,6 +24,7 @@ from nucseg.uncertainty.sampling import (
     sample_probs,
 )
 from nucseg.uncertainty.scores import (
+    budget_threshold,
     failure_auroc,
     image_certainty,
     image_scores,
@@ -124,6 +125,34 @@ def test_youden_review_threshold():
     assert youden_threshold([0.9, 0.8], [0.9, 0.9], 0.7) == pytest.approx(0.8)  # no failures: flag none seen
     t = youden_threshold([0.9, 0.8], [0.1, 0.2], 0.7)  # all failed: flag all
     assert t > 0.9 and all(c < t for c in (0.9, 0.8))
+
+
+def test_budget_review_threshold_flags_the_least_certain_share():
+    cert = [0.9, 0.8, 0.3, 0.2, 0.5]  # sorted: 0.2 0.3 | 0.5 0.8 0.9
+    assert budget_threshold(cert, 0.4) == pytest.approx(0.4)  # ceil(0.4 * 5) = 2 flagged
+    assert budget_threshold(cert, 0.1) == pytest.approx(0.25)  # ceil(0.5) = 1 flagged
+    assert budget_threshold(cert, 0.0) == pytest.approx(0.2)  # none below the lowest
+    assert budget_threshold(cert, 1.0) > 0.9  # all
+
+
+def test_auto_review_threshold_falls_back_to_the_budget_with_few_validation_failures(monkeypatch):
+    from nucseg.callbacks import uncertainty as unc
+
+    cb = unc.UncertaintyEvaluation()
+    cert = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90]
+    dice = [0.9] * 9 + [0.5]  # one failure, the least certain image
+
+    def fake_rows(self, pl_module, batch, det):
+        return [{"certainty": c, "dice_mc": d, "_maps": None} for c, d in zip(cert, dice, strict=True)]
+
+    monkeypatch.setattr(unc.UncertaintyEvaluation, "_val_batches", lambda self, trainer: [None])
+    monkeypatch.setattr(unc.UncertaintyEvaluation, "_evaluate", fake_rows)
+    cb.settings = resolve_settings({"method": "mc_dropout", "review_budget": 0.2}, _mc_net())
+    assert cb._choose_threshold(None, None) == pytest.approx(0.915) and cb.review_rule == "budget"
+    cb.settings["min_val_failures"] = 1  # enough failures: Youden's J, between 0.90 and 0.91
+    assert cb._choose_threshold(None, None) == pytest.approx(0.905) and cb.review_rule == "youden_j"
+    with pytest.raises(ValueError, match="uncertainty.review_budget"):
+        resolve_settings({"method": "mc_dropout", "review_budget": 2}, _mc_net())
 
 
 # --------------------------------------------------------------------------- sampling

@@ -45,6 +45,7 @@ from nucseg.models.mc_dropout import has_mc_dropout
 from nucseg.models.module import pad_to_multiple
 from nucseg.uncertainty.sampling import eval_mode, load_ensemble, resolve_settings, sample_probs
 from nucseg.uncertainty.scores import (
+    budget_threshold,
     failure_auroc,
     image_scores,
     pixel_uncertainty,
@@ -106,6 +107,7 @@ class UncertaintyEvaluation(L.Callback):
         self.rows: list[dict[str, Any]] = []
         self.val_rows: list[dict[str, Any]] = []
         self.review_threshold: float = float("nan")
+        self.review_rule = "fixed"
         self._members: list | None = None
         self._cal: dict[str, CalibrationError] = {}
         self._panels: list = []
@@ -174,9 +176,21 @@ class UncertaintyEvaluation(L.Callback):
             raise ValueError("uncertainty.review_threshold=auto: no labelled validation images to choose it on")
         cert = [r["certainty"] for r in self.val_rows]
         dice = [r["dice_mc"] for r in self.val_rows]
-        value = youden_threshold(cert, dice, float(self.settings["failure_dice"]))
-        log.info("review threshold %.4f chosen on %d validation images (Youden's J, failure = Dice < %.2f)",
-                 value, len(cert), self.settings["failure_dice"])
+        fd = float(self.settings["failure_dice"])
+        n_fail = sum(d < fd for d in dice)
+        if n_fail >= int(self.settings["min_val_failures"]):
+            value, self.review_rule = youden_threshold(cert, dice, fd), "youden_j"
+            log.info("review threshold %.4f chosen on %d validation images (Youden's J, %d failures with "
+                     "Dice < %.2f)", value, len(cert), n_fail, fd)
+        else:
+            # one or two failures make Youden's J a coin toss (it flagged 0 % or 40 % of the test split in two
+            # CPU-preset runs): flag a fixed share of the least certain images instead
+            budget = float(self.settings["review_budget"])
+            value, self.review_rule = budget_threshold(cert, budget), "budget"
+            log.info("review threshold %.4f: the %.0f %% least certain of %d validation images "
+                     "(uncertainty.review_budget; only %d validation failures with Dice < %.2f, fewer than "
+                     "uncertainty.min_val_failures=%d for Youden's J)", value, 100 * budget, len(cert), n_fail,
+                     fd, int(self.settings["min_val_failures"]))
         return value
 
     @rank_zero_only
@@ -184,7 +198,7 @@ class UncertaintyEvaluation(L.Callback):
         assert self.settings is not None
         out = self._out(trainer)
         info = {"review_threshold": value, "failure_dice": self.settings["failure_dice"],
-                "method": self.settings["method"], "rule": "youden_j", "n_val_images": len(self.val_rows),
+                "method": self.settings["method"], "rule": self.review_rule, "n_val_images": len(self.val_rows),
                 "n_val_failures": sum(r["dice_mc"] < self.settings["failure_dice"] for r in self.val_rows)}
         atomic_write_text(out / "review_threshold.json", json.dumps(info, indent=2) + "\n")
         _write_csv(out / "val_images.csv", self.val_rows)

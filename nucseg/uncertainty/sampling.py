@@ -199,6 +199,7 @@ def _chunked_forward(net: nn.Module, x: Tensor, batch_size: int | None) -> Tenso
 DEFAULTS: dict[str, Any] = {
     "method": "none", "samples": 20, "seed": 0, "batch_size": None, "tta_ops": "all", "checkpoints": [],
     "include_self": True, "failure_dice": 0.7, "review_threshold": "auto", "ece_bins": 15,
+    "min_val_failures": 5, "review_budget": 0.1,
 }
 
 
@@ -224,6 +225,9 @@ def resolve_settings(cfg: dict[str, Any] | None, net: nn.Module) -> dict[str, An
     rt = settings["review_threshold"]
     if not (rt == "auto" or isinstance(rt, int | float)):
         raise ValueError(f"uncertainty.review_threshold: expected 'auto' or a number in [0, 1], got {rt!r}")
+    budget = settings["review_budget"]
+    if not (isinstance(budget, int | float) and 0.0 <= budget <= 1.0):
+        raise ValueError(f"uncertainty.review_budget: expected a fraction in [0, 1], got {budget!r}")
     settings["method"] = method
     return settings
 

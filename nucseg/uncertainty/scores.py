@@ -125,6 +125,21 @@ def failure_auroc(certainty, dice, failure_dice: float) -> float:
     return float((ranks[failed].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def budget_threshold(certainty, fraction: float) -> float:
+    """Review threshold that flags the `fraction` least certain images (ceil(fraction * n) of them): the
+    midpoint between the last flagged and the first kept certainty. The fallback when validation holds too
+    few failures for Youden's J to mean anything."""
+    c = np.sort(_array(certainty))
+    if c.size == 0:
+        raise ValueError("budget_threshold: no images")
+    k = min(c.size, math.ceil(fraction * c.size - 1e-9))
+    if k == 0:
+        return float(c[0])
+    if k == c.size:
+        return float(math.nextafter(c[-1], math.inf))
+    return float((c[k - 1] + c[k]) / 2)
+
+
 def youden_threshold(certainty, dice, failure_dice: float) -> float:
     """Review threshold t (needs_review = certainty < t) maximising Youden's J = TPR - FPR for detecting
     failures; t is a midpoint between observed certainties, the lowest such t on ties (fewest reviews).
