@@ -45,3 +45,13 @@ def test_training_curves_take_every_epochs_train_loss_from_the_csv_log(tmp_path)
                        {"epoch": 2.0, "train/loss": 0.7}, {"epoch": 3.0, "train/loss": 0.6}]
     assert val_h == [{"epoch": 1.0, "val/loss": 0.9, "val/dice": 0.6, "val/iou": 0.45},
                      {"epoch": 3.0, "val/loss": 0.5, "val/dice": 0.8, "val/iou": 0.7}]
+
+
+def test_progress_panel_takes_images_from_every_imaging_type_in_turn():
+    from nucseg.callbacks.progress_snapshots import spread_over_groups
+
+    groups = ["fluo", "fluo", "stained", "fluo", "bright", "stained", "fluo"]
+    assert spread_over_groups(groups, 4) == [0, 2, 4, 1]  # fluo (4), stained (2), bright (1), then fluo again
+    assert spread_over_groups(groups, 7) == [0, 2, 4, 1, 5, 3, 6]
+    assert spread_over_groups(groups, 10) == [0, 2, 4, 1, 5, 3, 6]  # no more than there are
+    assert spread_over_groups(["all"] * 3, 2) == [0, 1]

@@ -296,7 +296,7 @@ def test_validation_and_test_passes_are_deterministic_for_an_mc_dropout_model():
 
 
 # --------------------------------------------------------------------------- end to end
-def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch):
+def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch, dsb_root, cache_dir):
     from nucseg.train import train
     from nucseg.utils.run import finish_wandb
 
@@ -349,6 +349,11 @@ def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tm
     assert (tmp_path / "progress" / "progress_grid.png").is_file()
     steps = [s["step"] for s in json.loads((tmp_path / "progress" / "progress.json").read_text())["snapshots"]]
     assert steps == [1, 2]  # the chosen step and the end of training (2 batches)
+    from nucseg.data.dsb2018 import DSB2018Source
+
+    group = {r.id: r.group for r in DSB2018Source(dsb_root, index_dir=cache_dir).records()}
+    ids = json.loads((tmp_path / "progress" / "progress.json").read_text())["ids"]
+    assert [group[i] for i in ids] == ["fluorescence", "stained"]  # one image per imaging type, commonest first
 
     # the tested checkpoint now carries the review threshold chosen on the validation split
     module = load_module(metrics["best_model_path"])

@@ -29,6 +29,21 @@ from nucseg.uncertainty.sampling import eval_mode
 log = logging.getLogger(__name__)
 
 
+def spread_over_groups(groups: Sequence[str], n: int) -> list[int]:
+    """Indices of `n` items taken in turn from each group (largest group first, each in its own order), so the
+    progress panel shows every imaging type rather than the first few images of the commonest one."""
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    queues = sorted(by_group.values(), key=lambda idx: (-len(idx), idx[0]))
+    picks: list[int] = []
+    while len(picks) < min(n, len(groups)):
+        for q in queues:
+            if q and len(picks) < n:
+                picks.append(q.pop(0))
+    return picks
+
+
 class ProgressSnapshots(L.Callback):
     def __init__(self, steps: Sequence[int] = (300, 1200, 2850), every_n_steps: int | None = None,
                  at_start: bool = False, at_end: bool = True, num_images: int = 4, max_side: int = 256,
@@ -62,7 +77,11 @@ class ProgressSnapshots(L.Callback):
         try:
             dataset = dm.val_dataloader().dataset
             n = min(self.num_images, len(dataset))
-            return [center_crop(collate([dataset[i]]), self.max_side) for i in range(n)]
+            groups = getattr(dm, "groups", None) or {}
+            ids = getattr(dataset, "ids", None)
+            picks = (spread_over_groups([groups.get(i, "all") for i in ids], n) if ids and groups
+                     else list(range(n)))
+            return [center_crop(collate([dataset[i]]), self.max_side) for i in picks]
         except ValueError as exc:  # e.g. an empty validation split
             log.warning("progress_snapshots: no validation images (%s)", exc)
             return []
