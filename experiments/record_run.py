@@ -11,7 +11,6 @@ prose README of a record is written by hand from these files.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from nucseg.callbacks.report_figures import histories_from_csv, training_curves_figure
-from nucseg.data.io import atomic_write_bytes, atomic_write_text
+from nucseg.callbacks.report_figures import histories_from_csv, save_figure, training_curves_figure
+from nucseg.data.io import atomic_write_text
 
 FILES = [
     "metrics.json", ".hydra/overrides.yaml", "figures/per_image.csv", "figures/best_worst.png",
@@ -63,17 +62,18 @@ def main() -> None:
         raise SystemExit(f"{run}: no metrics.json; is this a finished run directory?")
     dest = Path(__file__).parent / "results" / args.name
     dest.mkdir(parents=True, exist_ok=True)
+    redraw = (run / "csv" / "metrics.csv").is_file()  # curves from the CSV log: every epoch's train loss
     for rel in FILES:
+        if redraw and rel.endswith("training_curves.png"):
+            continue
         src = run / rel
         if src.is_file():
             target = dest / Path(rel).name
             shutil.copyfile(src, target.with_suffix(target.suffix + ".tmp"))
             os.replace(target.with_suffix(target.suffix + ".tmp"), target)
-    if (run / "csv" / "metrics.csv").is_file():  # redraw the curves from the CSV log (every epoch's train loss)
-        figure = training_curves_figure(*histories_from_csv(run / "csv" / "metrics.csv"))
-        buf = io.BytesIO()
-        figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        atomic_write_bytes(dest / "training_curves.png", buf.getvalue())
+    if redraw:
+        save_figure(training_curves_figure(*histories_from_csv(run / "csv" / "metrics.csv")),
+                    dest / "training_curves.png")
     metrics = json.loads((run / "metrics.json").read_text())
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     start, end = log_span(run)

@@ -34,7 +34,8 @@ def _thumb(arr: np.ndarray, max_side: int) -> np.ndarray:
     return arr[::step, ::step]
 
 
-def _savefig(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -112,7 +113,7 @@ class ReportFigures(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.history and not self.train_history:
             return
-        _savefig(training_curves_figure(self.train_history, self.history), self._dir(trainer) / "training_curves.png")
+        save_figure(training_curves_figure(self.train_history, self.history), self._dir(trainer) / "training_curves.png")
 
     # ------------------------------------------------------------------ test figures
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -175,7 +176,7 @@ class ReportFigures(L.Callback):
                 if i == 0:
                     axes[i, j].set_title(titles[j], fontsize=8)
             axes[i, 0].set_ylabel(f"{tag}\n{r['id'][:10]}\nDice {r['dice']:.2f}", fontsize=8)
-        _savefig(fig, out / "best_worst.png")
+        save_figure(fig, out / "best_worst.png")
 
         with_cert = [r for r in self.rows if r["certainty"] is not None]
         if with_cert:
@@ -183,5 +184,5 @@ class ReportFigures(L.Callback):
             ax.scatter([r["certainty"] for r in with_cert], [r["dice"] for r in with_cert], s=12, alpha=0.7)
             ax.set_xlabel("image certainty"), ax.set_ylabel("true Dice"), ax.grid(alpha=0.3)
             ax.set_title(f"certainty vs Dice ({len(with_cert)} test images)")
-            _savefig(fig, out / "certainty_vs_dice.png")
+            save_figure(fig, out / "certainty_vs_dice.png")
         log.info("wrote figures to %s", out)

@@ -41,7 +41,6 @@ from nucseg.callbacks.wandb_images import to_uint8_hwc, wandb_experiments
 from nucseg.data.io import atomic_write_bytes, atomic_write_text
 from nucseg.metrics.calibration import CalibrationError
 from nucseg.metrics.pixel import dice_score
-from nucseg.models.mc_dropout import has_mc_dropout
 from nucseg.models.module import pad_to_multiple
 from nucseg.uncertainty.sampling import eval_mode, load_ensemble, resolve_settings, sample_probs
 from nucseg.uncertainty.scores import (
@@ -85,9 +84,9 @@ def ensemble_members(pl_module: L.LightningModule, settings: dict[str, Any]) -> 
 
 
 def deterministic_probs(pl_module: L.LightningModule, batch: dict, outputs: Any = None) -> Tensor:
-    """The deterministic pass (MC dropout off). The module's own test pass is reused for a model without MC
-    dropout; with MC dropout that pass is one stochastic sample, so the dropout-free pass is run here."""
-    if not has_mc_dropout(pl_module.net) and isinstance(outputs, dict) and "probs" in outputs:
+    """The deterministic pass (MC dropout off): the module's own test pass when given (its `predict_logits`
+    switches MC dropout off outside training), else run here."""
+    if isinstance(outputs, dict) and "probs" in outputs:
         return outputs["probs"]
     with eval_mode(pl_module.net, mc_dropout=False):
         return torch.sigmoid(pl_module.predict_logits(batch["image"].to(pl_module.device)))

@@ -53,13 +53,18 @@ def stratified_split(records: Sequence[Record], val_fraction: float, test_fracti
     return {k: sorted(v) for k, v in out.items()}
 
 
+def check_group_balance(balance: float) -> float:
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"data.group_balance: expected a number in [0, 1], got {balance}")
+    return float(balance)
+
+
 def group_weights(groups: Sequence[str], balance: float) -> np.ndarray:
     """Per-image sampling weights that rebalance imaging types: an image of a group of n images gets
     n ** -balance (normalised to sum 1). balance=0 draws images uniformly (groups in proportion to their
     size), 1 draws every group equally often, 0.5 in proportion to sqrt(n): rare types are seen more often
     without repeating their few images as often as full balance would."""
-    if not 0.0 <= balance <= 1.0:
-        raise ValueError(f"data.group_balance: expected a number in [0, 1], got {balance}")
+    check_group_balance(balance)
     counts: dict[str, int] = defaultdict(int)
     for g in groups:
         counts[g] += 1
@@ -159,9 +164,7 @@ class SegDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.target_fn = resolve_targets(targets)
         self.validate, self.large_image_mp, self.root = validate, large_image_mp, root
-        if not 0.0 <= group_balance <= 1.0:
-            raise ValueError(f"data.group_balance: expected a number in [0, 1], got {group_balance}")
-        self.group_balance = float(group_balance)
+        self.group_balance = check_group_balance(group_balance)  # fail at instantiation, not at setup
         self.splits: dict[str, list[str]] | None = None
         self.groups: dict[str, str] = {}
         if cache_dir:

@@ -76,13 +76,12 @@ def has_mc_dropout(net: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def mc_dropout_off(net: nn.Module) -> Iterator[nn.Module]:
-    """Run the block with MC dropout switched off (a deterministic pass), restoring each layer's state after."""
+def mc_dropout_enabled(net: nn.Module, enabled: bool) -> Iterator[nn.Module]:
+    """Run the block with every MC dropout layer of `net` on or off, restoring each layer's state after."""
     states = {m: m.enabled for m in net.modules() if isinstance(m, MCDropout2d)}
-    for m in states:
-        m.enabled = False
+    set_mc_dropout(net, enabled)
     try:
         yield net
     finally:
-        for m, enabled in states.items():
-            m.enabled = enabled
+        for m, state in states.items():
+            m.enabled = state

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
 from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
-from nucseg.models.mc_dropout import mc_dropout_off
+from nucseg.models.mc_dropout import mc_dropout_enabled
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class SegmentationModule(L.LightningModule):
         padded, (h, w) = pad_to_multiple(image, self.pad_multiple)
         if self.training:
             return self.net(padded)[..., :h, :w]
-        with mc_dropout_off(self.net):
+        with mc_dropout_enabled(self.net, False):
             return self.net(padded)[..., :h, :w]
 
     # ----------------------------------------------------------------- steps

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from nucseg.inference.tta import get_ops
-from nucseg.models.mc_dropout import MCDropout2d, has_mc_dropout, set_mc_dropout
+from nucseg.models.mc_dropout import has_mc_dropout, mc_dropout_enabled
 from nucseg.models.module import pad_to_multiple
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,14 @@ def eval_mode(net: nn.Module, mc_dropout: bool | None = None) -> Iterator[nn.Mod
     """Batch-norm in eval mode (statistics must not depend on the T copies), MC dropout set as asked;
     both restored afterwards."""
     was_training = net.training
-    states = {m: m.enabled for m in net.modules() if isinstance(m, MCDropout2d)}
     net.eval()
-    if mc_dropout is not None:
-        set_mc_dropout(net, mc_dropout)
     try:
-        yield net
+        if mc_dropout is None:
+            yield net
+        else:
+            with mc_dropout_enabled(net, mc_dropout):
+                yield net
     finally:
-        for m, enabled in states.items():
-            m.enabled = enabled
         net.train(was_training)
 
 
