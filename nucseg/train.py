@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.models.module import SegmentationModule
+from nucseg.utils.budget import apply_budget, reuse_budget
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
@@ -48,6 +49,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
+    if cfg.get("train", True) and (cfg.get("budget") or {}).get("minutes"):
+        # a resumed run keeps the schedule it was planned with; a new one measures this machine
+        if not (ckpt_path and reuse_budget(cfg, output_dir)):
+            apply_budget(cfg, module, datamodule, output_dir)
+        if cfg.get("seed") is not None:  # the timing drew random batches: start training from the seed
+            L.seed_everything(cfg.seed, workers=True)
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

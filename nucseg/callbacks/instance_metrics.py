@@ -27,6 +27,12 @@ def postprocess_settings(pl_module: L.LightningModule) -> dict[str, Any]:
     return dict(pl_module.hparams.get("postprocess") or {})
 
 
+def untuned_settings(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The settings before validation tuning (`postprocess.tuned.base`), or None for untuned settings."""
+    base = (settings.get("tuned") or {}).get("base")
+    return {**settings, **base} if base else None
+
+
 def output_channels(pl_module: L.LightningModule) -> int:
     return int((pl_module.hparams.get("net") or {}).get("classes", 1))
 
@@ -51,6 +57,8 @@ class InstanceMetrics(L.Callback):
         self._metrics = {"": DSBScore().to(pl_module.device)}
         if compare:
             self._metrics["_cc"] = DSBScore().to(pl_module.device)
+        if untuned_settings(settings) is not None:  # what the validation-tuned post-processing gained
+            self._metrics["_untuned"] = DSBScore().to(pl_module.device)
 
     def _update(self, pl_module: L.LightningModule, outputs: Any, batch: dict) -> list[dict[str, Any]]:
         settings = postprocess_settings(pl_module)
@@ -68,6 +76,10 @@ class InstanceMetrics(L.Callback):
                 cc = probs_to_instances(probs[i], **{**settings, "method": "cc"})
                 self._metrics["_cc"].update(cc, labels[i])
                 row.update({f"{k}_cc": v for k, v in self._metrics["_cc"].last[0].items() if k != "n_true"})
+            base = untuned_settings(settings)
+            if "_untuned" in self._metrics and base is not None:
+                self._metrics["_untuned"].update(probs_to_instances(probs[i], **base), labels[i])
+                row["dsb_score_untuned"] = self._metrics["_untuned"].last[0]["dsb_score"]
             rows.append(row)
         return rows
 

@@ -51,7 +51,9 @@ from nucseg.uncertainty.scores import (
     spearman,
     youden_threshold,
 )
+from nucseg.utils.checkpoint import update_checkpoint_hparams
 from nucseg.utils.distributed import gather_rows, sum_states
+from nucseg.utils.loops import validation_batches
 
 log = logging.getLogger(__name__)
 
@@ -144,29 +146,11 @@ class UncertaintyEvaluation(L.Callback):
         return rows
 
     # ----------------------------------------------------------------- review threshold on validation
-    def _val_batches(self, trainer: L.Trainer):
-        dm = getattr(trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "val_dataloader"):
-            raise ValueError("uncertainty.review_threshold=auto needs the validation split (a datamodule with "
-                             "val_dataloader); set uncertainty.review_threshold to a number instead")
-        loader = dm.val_dataloader()
-        n = len(loader)
-        lim = trainer.limit_val_batches
-        if isinstance(lim, int):
-            n = min(n, lim)
-        elif lim is not None and lim < 1.0:
-            n = max(1, int(n * lim)) if lim > 0 else 0
-        if self.max_val_images is not None:
-            n = min(n, int(self.max_val_images))
-        for i, batch in enumerate(loader):
-            if i >= n:
-                break
-            yield batch
-
     def _choose_threshold(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         assert self.settings is not None
         self.val_rows = []
-        for batch in self._val_batches(trainer):
+        for batch in validation_batches(trainer, self.max_val_images,
+                                        "uncertainty.review_threshold=auto (or set it to a number)"):
             for row in self._evaluate(pl_module, batch, None):
                 row.pop("_maps")
                 if not math.isnan(row["dice_mc"]):
@@ -201,19 +185,8 @@ class UncertaintyEvaluation(L.Callback):
                 "n_val_failures": sum(r["dice_mc"] < self.settings["failure_dice"] for r in self.val_rows)}
         atomic_write_text(out / "review_threshold.json", json.dumps(info, indent=2) + "\n")
         _write_csv(out / "val_images.csv", self.val_rows)
-        ckpt = getattr(trainer, "ckpt_path", None)
-        if self.store_in_checkpoint and ckpt and Path(ckpt).is_file():
-            try:
-                data = torch.load(ckpt, map_location="cpu", weights_only=True)
-                hp = data.get("hyper_parameters") or {}
-                hp["uncertainty"] = {**dict(hp.get("uncertainty") or {}), "review_threshold": value}
-                data["hyper_parameters"] = hp
-                buf = io.BytesIO()
-                torch.save(data, buf)
-                atomic_write_bytes(ckpt, buf.getvalue())
-                log.info("stored review_threshold=%.4f in %s", value, ckpt)
-            except Exception as exc:  # the threshold is still in review_threshold.json and metrics.json
-                log.warning("could not store the review threshold in %s: %s", ckpt, exc)
+        if self.store_in_checkpoint:
+            update_checkpoint_hparams(getattr(trainer, "ckpt_path", None), {"uncertainty": {"review_threshold": value}})
 
     # ----------------------------------------------------------------- test hooks
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

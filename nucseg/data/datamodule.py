@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from nucseg.data.acquisitions import grouped_split
 from nucseg.data.io import ImageReadError
 from nucseg.data.source import CachedSource, Record, Source
 from nucseg.data.transforms import eval_transform, train_transform
+from nucseg.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,36 @@ def stratified_split(records: Sequence[Record], val_fraction: float, test_fracti
         out["test"] += ids[:n_test]
         out["val"] += ids[n_test:n_test + n_val]
         out["train"] += ids[n_test + n_val:]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+SPLIT_BY = ("acquisition", "image")
+
+
+def split_records(records: Sequence[Record], val_fraction: float, test_fraction: float, seed: int,
+                  split_by: str = "acquisition", holdout_types: Sequence[str] = ()) -> dict[str, list[str]]:
+    """train / val / test ids. `split_by=acquisition` keeps each acquisition group (near-copies) in one split
+    (sources without acquisition groups fall back to images); `image` splits images independently. Images of
+    an imaging type in `holdout_types` all go to test (leave-one-type-out: the model never sees the type)."""
+    if split_by not in SPLIT_BY:
+        raise ConfigError(f"data.split_by: expected one of {SPLIT_BY}, got {split_by!r}")
+    holdout = set(holdout_types or ())
+    unknown = holdout - {r.group for r in records}
+    if unknown:
+        raise ConfigError(f"data.holdout_types: {sorted(unknown)} not among the imaging types "
+                         f"{sorted({r.group for r in records})}")
+    held = sorted(r.id for r in records if r.group in holdout and not r.split)
+    rest = [r for r in records if r.id not in set(held)]
+    free = [r for r in rest if not r.split]
+    if split_by == "acquisition" and free and all(r.acquisition for r in free):
+        out = grouped_split([r.id for r in free], [r.group for r in free], [str(r.acquisition) for r in free],
+                            val_fraction, test_fraction, seed)
+        for r in rest:
+            if r.split:
+                out.setdefault(r.split, []).append(r.id)
+    else:
+        out = stratified_split(rest, val_fraction, test_fraction, seed)
+    out["test"] = sorted(out.get("test", []) + held)
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -148,13 +180,16 @@ class SegDataModule(L.LightningDataModule):
         large_image_mp: float = 16.0,
         root: str | None = None,
         group_balance: float = 0.0,
+        split_by: str = "acquisition",
+        holdout_types: Sequence[str] = (),
     ):
         """`validate` checks every record's files up front (see `Source.check`). Images above
         `large_image_mp` megapixels are logged by name: training crops them like any other, but whole-image
         validation/test/prediction memory grows with the area. `root` is informational: configs whose
         source root is a mandatory user setting (`data=folder data.root=...`) keep it here and pass it on to
         the source by interpolation. `group_balance` (0..1) oversamples rare imaging types in training
-        (see `group_weights`); validation and test are never reweighted."""
+        (see `group_weights`); validation and test are never reweighted. `split_by` and `holdout_types`: see
+        `split_records`."""
         super().__init__()
         self.source = source
         self.cached = CachedSource(source, cache_dir)
@@ -165,6 +200,9 @@ class SegDataModule(L.LightningDataModule):
         self.target_fn = resolve_targets(targets)
         self.validate, self.large_image_mp, self.root = validate, large_image_mp, root
         self.group_balance = check_group_balance(group_balance)  # fail at instantiation, not at setup
+        if split_by not in SPLIT_BY:
+            raise ConfigError(f"data.split_by: expected one of {SPLIT_BY}, got {split_by!r}")
+        self.split_by, self.holdout_types = split_by, list(holdout_types or [])
         self.splits: dict[str, list[str]] | None = None
         self.groups: dict[str, str] = {}
         if cache_dir:
@@ -174,11 +212,13 @@ class SegDataModule(L.LightningDataModule):
         if self.splits is None:
             records = self.source.records()
             self.groups = {r.id: r.group for r in records}
-            splits = stratified_split(records, self.val_fraction, self.test_fraction, self.split_seed)
+            splits = split_records(records, self.val_fraction, self.test_fraction, self.split_seed,
+                                   self.split_by, self.holdout_types)
             if self.validate:
                 self._validate(splits)
             self.splits = splits
-            log.info("split of %s: %s", self.source.name, {k: len(v) for k, v in self.splits.items()})
+            log.info("split of %s by %s: %s", self.source.name, self.split_by,
+                     {k: len(v) for k, v in self.splits.items()})
             if self.group_balance and splits.get("train"):
                 shares: dict[str, float] = defaultdict(float)
                 train = splits["train"]

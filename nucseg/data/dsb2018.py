@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nucseg.data.acquisitions import ACQUISITION_THRESHOLD, acquisition_features, cluster_acquisitions
 from nucseg.data.io import (
     ImageReadError,
     atomic_write_text,
@@ -36,6 +37,9 @@ DSB2018_HELP = (
     "Unpack it so that <data_dir>/dsb2018/stage1_train/<ImageId>/images/<ImageId>.png exists, then set "
     "NUCSEG_DATA_DIR=<data_dir> or pass paths.data_dir=<data_dir> (or data.source.root=<dir> directly)."
 )
+
+
+INDEX_VERSION = 2  # 2: per-image acquisition statistics
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -85,8 +89,9 @@ class DSB2018Source(Source):
     name = "dsb2018"
 
     def __init__(self, root: str | os.PathLike, index_dir: str | os.PathLike | None = None,
-                 require_masks: bool = True):
+                 require_masks: bool = True, acquisition_threshold: float = ACQUISITION_THRESHOLD):
         self.root = Path(root)
+        self.acquisition_threshold = float(acquisition_threshold)
         self.require_masks = require_masks
         self.index_dir = Path(index_dir) if index_dir else None
         self._warned: set[Path] = set()
@@ -144,17 +149,24 @@ class DSB2018Source(Source):
         return f"{len(masks)}:{mt}"
 
     def records(self) -> list[Record]:
-        """List images with their imaging type; the types are kept in an index file after the first run."""
+        """List images with their imaging type and acquisition group; the per-image statistics are kept in an
+        index file after the first run."""
         index_path = self.index_dir / f"{self.name}-index.json" if self.index_dir else None
         cached = load_json(index_path) if index_path else None
-        if cached and cached.get("ids") == self._ids:
-            groups = cached["groups"]
+        if cached and cached.get("ids") == self._ids and cached.get("version") == INDEX_VERSION:
+            groups, features = cached["groups"], cached["features"]
         else:
-            groups = [imaging_type(to_rgb(read_raw(self.image_path(i)))) for i in self._ids]
+            groups, features = [], []
+            for i in self._ids:
+                rgb = to_rgb(read_raw(self.image_path(i)))
+                groups.append(imaging_type(rgb))
+                features.append(acquisition_features(rgb))
             if index_path:
-                atomic_write_text(index_path, json.dumps({"root": str(self.root), "ids": self._ids,
-                                                          "groups": groups}))
-        return [Record(i, g) for i, g in zip(self._ids, groups, strict=True)]
+                atomic_write_text(index_path, json.dumps({"root": str(self.root), "version": INDEX_VERSION,
+                                                          "ids": self._ids, "groups": groups,
+                                                          "features": features}))
+        acq = cluster_acquisitions(np.asarray(features), self.acquisition_threshold)
+        return [Record(i, g, acquisition=f"acq{a:03d}") for i, g, a in zip(self._ids, groups, acq, strict=True)]
 
     def load(self, record_id: str) -> tuple[np.ndarray, np.ndarray | None]:
         raw = to_rgb(read_raw(self.image_path(record_id)))

@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Record:
-    """One labelled (or unlabelled) image. `group` is the imaging type used to stratify splits."""
+    """One labelled (or unlabelled) image. `group` is the imaging type used to stratify splits; `acquisition`
+    names the experiment it comes from (images of one acquisition are near-copies and are split together)."""
 
     id: str
     group: str = "all"
     split: str | None = None  # a split fixed by the dataset itself (e.g. "test" for unlabelled slices)
+    acquisition: str | None = None
 
 
 class Source:

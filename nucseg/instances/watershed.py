@@ -17,6 +17,8 @@ from skimage.segmentation import watershed
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "cc", "watershed")
+# postprocess keys that say how the settings were chosen (postprocess=auto), not settings themselves
+META_KEYS = frozenset({"tune", "tuned"})
 _warned: set[str] = set()
 
 
@@ -88,7 +90,7 @@ def probs_to_instances(
     arguments let callers pass a whole `postprocess` config; unknown keys are logged once and ignored.
     """
     for key in kwargs:
-        if key not in _warned:
+        if key not in _warned and key not in META_KEYS:
             _warned.add(key)
             log.warning("postprocess.%s is not a setting of probs_to_instances; ignored", key)
     probs = np.asarray(probs, dtype=np.float32)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +38,16 @@ def rank_suffix() -> str:
         if value is not None:
             return "" if value == "0" else f"_rank{value}"
     return ""
+
+
+def align_data_with_checkpoint(cfg: DictConfig, hparams: Mapping[str, Any]) -> None:
+    """Prepare the data the way the checkpoint's model was trained: data.targets and data.clahe from it."""
+    with open_dict(cfg):
+        for key in ("targets", "clahe"):
+            if key in cfg.data and hparams.get(key) is not None and cfg.data[key] != hparams[key]:
+                logging.getLogger(__name__).info("data.%s=%s set from the checkpoint (was %s)", key,
+                                                 hparams[key], cfg.data[key])
+                cfg.data[key] = hparams[key]
 
 
 def register_resolvers() -> None:

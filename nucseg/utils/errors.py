@@ -14,6 +14,10 @@ from contextlib import contextmanager
 log = logging.getLogger("nucseg")
 
 
+class ConfigError(ValueError):
+    """A config value a user can fix; the message names the key, the value and what was expected."""
+
+
 def user_error(exc: BaseException) -> BaseException | None:
     """The first exception in the cause/context chain that is a user-fixable nucseg error, if any."""
     from nucseg.data.dsb2018 import DataNotFoundError
@@ -23,7 +27,7 @@ def user_error(exc: BaseException) -> BaseException | None:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, DataNotFoundError | ImageReadError):
+        if isinstance(cur, DataNotFoundError | ImageReadError | ConfigError):
             return cur
         cur = cur.__cause__ or cur.__context__
     return None

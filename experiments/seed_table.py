@@ -1,0 +1,95 @@
+"""Mean ± sd over seeds of the jobs of one or more Hydra multiruns, one row per arm (the job's overrides without
+`seed`), and whether the arms differ by more than their spread.
+
+    python experiments/seed_table.py outputs/ablate_aug/light outputs/ablate_aug/generalize \
+        --metrics val/dsb_score val/dice --out experiments/results/ablate_aug
+
+Reads each job's `.hydra/overrides.yaml` and `metrics.json`. Ablations read the validation split (`test=false`):
+the test split is scored once per recorded run, not per arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from nucseg.data.io import atomic_write_text
+
+
+def jobs(sweep_dir: Path) -> list[tuple[str, str, dict]]:
+    """(arm, seed, metrics) of each finished job below `sweep_dir`."""
+    out = []
+    for metrics in sorted(sweep_dir.glob("**/metrics.json")):
+        job = metrics.parent
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "?")
+        arm = " ".join(o for o in overrides if not o.startswith("seed="))
+        out.append((arm, seed, json.loads(metrics.read_text())))
+    return out
+
+
+def summarise(rows: list[tuple[str, str, dict]], metrics: list[str]) -> dict[str, dict]:
+    arms: dict[str, dict] = defaultdict(lambda: {"seeds": [], **{m: [] for m in metrics}})
+    for arm, seed, m in rows:
+        arms[arm]["seeds"].append(seed)
+        for k in metrics:
+            arms[arm][k].append(float(m.get(k, math.nan)))
+    table = {}
+    for arm, d in arms.items():
+        table[arm] = {"seeds": d["seeds"]}
+        for k in metrics:
+            v = np.array(d[k], dtype=float)
+            table[arm][k] = {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)) if v.size > 1 else math.nan,
+                             "values": [round(float(x), 4) for x in v]}
+    return table
+
+
+def verdict(table: dict[str, dict], metric: str) -> str:
+    """'A > B' when the means differ by more than the larger of the two seed sds, else 'noise'."""
+    arms = sorted(table, key=lambda a: -table[a][metric]["mean"])
+    if len(arms) < 2:
+        return "one arm"
+    a, b = table[arms[0]][metric], table[arms[1]][metric]
+    spread = max(a["sd"], b["sd"])
+    diff = a["mean"] - b["mean"]
+    if any(len(table[x]["seeds"]) < 3 for x in arms[:2]):
+        return f"fewer than 3 seeds per arm: no claim (difference {diff:.4f})"
+    if diff > spread:
+        return f"'{arms[0]}' better than '{arms[1]}' by {diff:.4f} (> larger sd {spread:.4f})"
+    return f"noise: difference {diff:.4f} <= larger sd {spread:.4f}"
+
+
+def markdown(table: dict[str, dict], metrics: list[str]) -> str:
+    lines = ["| arm | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for arm, d in table.items():
+        cells = [f"{d[m]['mean']:.4f} ± {d[m]['sd']:.4f}" for m in metrics]
+        lines.append(f"| `{arm}` | {len(d['seeds'])} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {m}: {verdict(table, m)}" for m in metrics]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweeps", type=Path, nargs="+")
+    ap.add_argument("--metrics", nargs="+", default=["val/dsb_score", "val/dice"])
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    rows = [r for s in args.sweeps for r in jobs(s)]
+    if not rows:
+        raise SystemExit(f"error: no finished jobs (metrics.json) under {', '.join(map(str, args.sweeps))}")
+    table = summarise(rows, args.metrics)
+    text = markdown(table, args.metrics)
+    print(text)
+    if args.out:
+        atomic_write_text(args.out / "seed_table.md", text)
+        atomic_write_text(args.out / "seed_table.json", json.dumps(table, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""`budget.minutes=N`: size the training schedule so the whole run (setup, training, validation, test with
+its uncertainty sampling and post-processing tuning) ends within N minutes on the machine that runs it.
+
+Machines of one kind differ several-fold in speed (the same CPU preset took 23 minutes on one 2-core machine
+and 62 on another), so a step count is not a time budget. Before training, the plan warms the decode cache,
+times real training steps and whole-image evaluation on this machine, and sets `trainer.max_epochs` and
+`trainer.check_val_every_n_epoch`; the schedule (e.g. OneCycle) then spans exactly the planned steps. The
+plan is logged and written to `<run dir>/budget.json`; `budget.minutes=null trainer.max_epochs=<its epochs>`
+repeats the same schedule anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from nucseg.data.io import atomic_write_text
+from nucseg.utils.errors import ConfigError
+
+__all__ = ["BudgetPlan", "plan_schedule", "apply_budget", "reuse_budget", "process_elapsed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BudgetPlan:
+    minutes: float
+    elapsed_s: float  # since the process started, when the plan was made (imports, setup, cache, timing)
+    step_s: float  # one training step, measured on real batches
+    val_s: float  # one validation pass over the whole validation split
+    test_s: float  # the test stage: tuning, uncertainty on validation and test, scoring
+    reserve_s: float  # safety margin
+    forward_s_per_mp: float  # deterministic forward, per megapixel
+    mc_s_per_mp: float  # one MC-dropout sampling (uncertainty.samples passes), per megapixel
+    postprocess_s_per_image: float
+    val_megapixels: float
+    test_megapixels: float
+    steps_per_epoch: int
+    epochs: int
+    check_val_every_n_epoch: int
+    steps: int
+    estimated_total_s: float
+
+
+_LOADED = time.monotonic()
+
+
+def process_elapsed() -> float:
+    """Seconds since this process started (imports included); since this module was imported where /proc
+    cannot tell."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _LOADED
+
+
+def plan_schedule(available_s: float, step_s: float, val_s: float, test_s: float, steps_per_epoch: int,
+                  validations: int, max_steps: int | None = None) -> tuple[int, int]:
+    """(epochs, check_val_every_n_epoch) that fit `available_s` seconds: `validations` evenly spaced
+    validations (the last at the end of training) plus the test, and as many whole epochs as remain.
+
+    Raises ValueError when not even one epoch fits.
+    """
+    if min(step_s, steps_per_epoch) <= 0:
+        raise ConfigError(f"budget: expected positive step time and steps per epoch, got {step_s}, {steps_per_epoch}")
+    validations = max(1, int(validations))
+    train_s = available_s - validations * val_s - test_s
+    steps = int(train_s // step_s)
+    if max_steps:
+        steps = min(steps, int(max_steps))
+    epochs_possible = steps // steps_per_epoch
+    if epochs_possible < 1:
+        raise ConfigError(
+            f"budget: {available_s / 60:.1f} minutes left after setup leave no time for one epoch of {steps_per_epoch} steps "
+            f"({step_s:.2f} s/step measured, {validations} validations of {val_s:.0f} s and a test of "
+            f"{test_s:.0f} s): raise budget.minutes or lower data.samples_per_epoch")
+    if epochs_possible < validations:
+        return epochs_possible, 1
+    every = epochs_possible // validations
+    return every * validations, every
+
+
+def _time_train_steps(module: Any, datamodule: Any, steps: int, warmup: int) -> float:
+    """Seconds per optimizer step of a copy of the network on real training batches (the module is untouched)."""
+    net = copy.deepcopy(module.net).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
+    loader = datamodule.train_dataloader()
+    it = iter(itertools.islice(loader, warmup + steps))
+    start = 0.0
+    for i, batch in enumerate(it):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = module.criterion(net(batch["image"]), batch["target"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    del it, loader  # stop the loader's workers before training starts its own
+    return (time.perf_counter() - start) / steps
+
+
+@torch.no_grad()
+def _time_eval(module: Any, datamodule: Any, n_images: int, samples: int) -> tuple[float, float, float]:
+    """(seconds per megapixel of a deterministic forward, of one MC-dropout sampling of `samples` passes, of
+    one post-processing) measured on the first validation images."""
+    from nucseg.instances.watershed import probs_to_instances
+    from nucseg.uncertainty.sampling import has_mc_dropout, sample_probs
+
+    dataset = datamodule.dataset("val")
+    fwd = mc = post = mp = 0.0
+    module.eval()
+    settings = {k: v for k, v in dict(module.hparams.get("postprocess") or {}).items() if k not in ("tune", "tuned")}
+    for i in range(min(n_images, len(dataset))):
+        sample = dataset[i]
+        x = sample["image"][None]
+        mp += x.shape[-1] * x.shape[-2] / 1e6
+        t = time.perf_counter()
+        torch.sigmoid(module.predict_logits(x))
+        fwd += time.perf_counter() - t
+        # timed on the targets: an untrained network's noisy maps cost the watershed far more than a trained one's
+        t = time.perf_counter()
+        probs_to_instances(sample["target"].numpy(), **settings)
+        post += time.perf_counter() - t
+        if samples and has_mc_dropout(module.net):
+            t = time.perf_counter()
+            sample_probs(module.net, x, "mc_dropout", samples=samples, seed=0)
+            mc += time.perf_counter() - t
+    module.train()
+    return fwd / mp, mc / mp, post / max(min(n_images, len(dataset)), 1)
+
+
+def _megapixels(datamodule: Any, split: str, limit: Any = None) -> tuple[float, int]:
+    """Megapixels and number of the images of a split, after `trainer.limit_*_batches` (one image a batch);
+    loads (and so caches) each image."""
+    ids = list(datamodule.splits.get(split, []))
+    if isinstance(limit, int):
+        ids = ids[:limit]
+    elif isinstance(limit, float) and limit < 1.0:
+        ids = ids[:max(1, int(len(ids) * limit))]
+    total = 0.0
+    for rid in ids:
+        image, _ = datamodule.cached.load(rid)
+        total += image.shape[0] * image.shape[1] / 1e6
+    return total, len(ids)
+
+
+def _set_schedule(cfg: DictConfig, epochs: int, every: int) -> None:
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = epochs
+        cfg.trainer.min_epochs = min(int(cfg.trainer.get("min_epochs") or 1), epochs)
+        cfg.trainer.check_val_every_n_epoch = every
+        cfg.trainer.max_steps = -1
+
+
+def reuse_budget(cfg: DictConfig, output_dir: str | Path) -> bool:
+    """Apply the plan in `<output_dir>/budget.json` (a resumed run); False when there is none."""
+    path = Path(output_dir) / "budget.json"
+    if not path.is_file():
+        return False
+    plan = json.loads(path.read_text())
+    _set_schedule(cfg, int(plan["epochs"]), int(plan["check_val_every_n_epoch"]))
+    log.info("budget: resuming with the planned schedule of %s (%d epochs)", path, plan["epochs"])
+    return True
+
+
+def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str | Path | None = None
+                 ) -> BudgetPlan:
+    """Measure this machine, plan the schedule for `cfg.budget`, and write it into `cfg.trainer`."""
+    b = cfg.budget
+    minutes = float(b.minutes)
+    if minutes <= 0:
+        raise ConfigError(f"budget.minutes: expected a positive number of minutes, got {b.minutes}")
+    datamodule.setup("fit")
+    t = time.perf_counter()
+    _megapixels(datamodule, "train")  # decodes and caches every image once, now rather than in the first epoch
+    val_mp, n_val = _megapixels(datamodule, "val", cfg.trainer.get("limit_val_batches"))
+    test_mp, n_test = _megapixels(datamodule, "test", cfg.trainer.get("limit_test_batches"))
+    log.info("budget: decode cache ready in %.0f s", time.perf_counter() - t)
+    step_s = _time_train_steps(module, datamodule, int(b.timing_steps), int(b.warmup_steps))
+    unc = dict(module.hparams.get("uncertainty") or {})
+    samples = int(unc.get("samples") or 0)
+    fwd_mp, mc_mp, post_img = _time_eval(module, datamodule, int(b.timing_images), samples)
+    overhead = float(b.eval_overhead)  # metrics, loaders and logging around the measured forward passes
+    instance = module.hparams.get("targets") == "instance"
+    val_s = overhead * (fwd_mp * val_mp + (post_img * n_val if instance else 0.0))
+    tune = bool((module.hparams.get("postprocess") or {}).get("tune"))
+    test_s = overhead * (
+        fwd_mp * test_mp + post_img * n_test * (2 if instance else 0)  # watershed + connected components
+        + mc_mp * (test_mp + (val_mp if unc.get("review_threshold", "auto") == "auto" else 0.0))
+        + (fwd_mp * val_mp + post_img * n_val * int(b.tune_trials) if tune else 0.0)
+    ) + float(b.figures_s)
+    elapsed = process_elapsed()
+    reserve = float(b.margin) * minutes * 60
+    spe = int(datamodule.samples_per_epoch or len(datamodule.splits["train"])) // int(datamodule.batch_size)
+    epochs, every = plan_schedule(minutes * 60 - elapsed - reserve, step_s * float(b.step_overhead), val_s, test_s,
+                                  spe, int(b.validations), b.get("max_steps"))
+    steps = epochs * spe
+    n_vals = epochs // every
+    total = elapsed + steps * step_s * float(b.step_overhead) + n_vals * val_s + test_s
+    plan = BudgetPlan(minutes, elapsed, step_s, val_s, test_s, reserve, fwd_mp, mc_mp, post_img, val_mp, test_mp,
+                      spe, epochs, every, steps, total)
+    _set_schedule(cfg, epochs, every)
+    log.info("budget %.1f min: %.0f s spent before training, %.3f s/step measured, validation %.0f s, test %.0f s "
+             "-> %d steps (%d epochs of %d), validating every %d epochs; estimated end at %.1f min",
+             minutes, elapsed, step_s, val_s, test_s, steps, epochs, spe, every, total / 60)
+    if output_dir is not None:
+        atomic_write_text(Path(output_dir) / "budget.json", json.dumps(asdict(plan), indent=2) + "\n")
+    if not math.isfinite(total):
+        raise ConfigError("budget: the measured times are not finite")
+    return plan

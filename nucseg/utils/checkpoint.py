@@ -1,0 +1,42 @@
+"""Write settings chosen after training (tuned post-processing, review threshold) into a checkpoint file, so
+that evaluation and prediction from that file use them."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nucseg.data.io import atomic_write_bytes
+
+__all__ = ["update_checkpoint_hparams"]
+
+log = logging.getLogger(__name__)
+
+
+def update_checkpoint_hparams(ckpt_path: str | Path | None, updates: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Merge `updates` ({hparam group: {key: value}}) into the checkpoint's hyper_parameters, atomically.
+
+    Returns False (and logs why) when there is no file or it cannot be rewritten: the caller keeps its own
+    record of the values, so a read-only checkpoint does not fail a finished run.
+    """
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return False
+    try:
+        data = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        hp = data.get("hyper_parameters") or {}
+        for group, values in updates.items():
+            hp[group] = {**dict(hp.get(group) or {}), **dict(values)}
+        data["hyper_parameters"] = hp
+        buf = io.BytesIO()
+        torch.save(data, buf)
+        atomic_write_bytes(ckpt_path, buf.getvalue())
+    except Exception as exc:
+        log.warning("could not store %s in %s: %s", sorted(updates), ckpt_path, exc)
+        return False
+    log.info("stored %s in %s", ", ".join(f"{g}.{k}" for g, v in updates.items() for k in v), ckpt_path)
+    return True

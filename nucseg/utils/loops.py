@@ -1,0 +1,32 @@
+"""Loops that callbacks run outside Lightning's own (e.g. over the validation split at test start)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["validation_batches"]
+
+
+def validation_batches(trainer: Any, max_images: int | None = None, purpose: str = "this setting"
+                       ) -> Iterator[dict]:
+    """The validation split's batches, honouring `trainer.limit_val_batches` and `max_images`.
+
+    Raises ValueError naming `purpose` when the run has no validation split (e.g. `nucseg.evaluate` on a folder).
+    """
+    dm = getattr(trainer, "datamodule", None)
+    if dm is None or not hasattr(dm, "val_dataloader"):
+        raise ValueError(f"{purpose} needs the validation split (a datamodule with val_dataloader)")
+    loader = dm.val_dataloader()
+    n = len(loader)
+    lim = trainer.limit_val_batches
+    if isinstance(lim, int):
+        n = min(n, lim)
+    elif lim is not None and lim < 1.0:
+        n = max(1, int(n * lim)) if lim > 0 else 0
+    if max_images is not None:
+        n = min(n, int(max_images))
+    for i, batch in enumerate(loader):
+        if i >= n:
+            break
+        yield batch

@@ -1,0 +1,47 @@
+"""Time budget: the schedule arithmetic, and a real run planned from measurements on this machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nucseg.train import train
+from nucseg.utils.budget import plan_schedule, process_elapsed
+from nucseg.utils.errors import ConfigError
+
+
+def test_plan_schedule_fills_the_time_with_whole_epochs_and_even_validations():
+    # 1000 s: 4 validations of 10 s and a test of 60 s leave 900 s = 1800 steps of 0.5 s = 18 epochs of 100
+    assert plan_schedule(1000, 0.5, 10, 60, 100, 4) == (16, 4)  # 18 epochs rounded down to 4 x 4
+    assert plan_schedule(1000, 0.5, 10, 60, 100, 4, max_steps=800) == (8, 2)
+    assert plan_schedule(1000, 0.5, 10, 60, 100, 1) == (18, 18)
+    assert plan_schedule(300, 0.5, 10, 60, 100, 4) == (3, 1)  # fewer epochs than validations: every epoch
+    with pytest.raises(ConfigError, match="budget"):
+        plan_schedule(100, 0.5, 10, 60, 100, 4)
+
+
+def test_process_elapsed_counts_from_process_start():
+    assert 0.0 < process_elapsed() < 24 * 3600
+
+
+def test_budgeted_run_plans_from_measurements_and_ends_in_time(make_cfg, tmp_path):
+    cfg = make_cfg(["logger=csv", "budget.minutes=6", "budget.validations=2", "data.samples_per_epoch=8",
+                    "trainer.limit_train_batches=null", "budget.timing_steps=2", "budget.warmup_steps=1"])
+    train(cfg)
+    plan = json.loads((tmp_path / "budget.json").read_text())
+    assert plan["steps_per_epoch"] == 4 and plan["step_s"] > 0 and plan["forward_s_per_mp"] > 0
+    assert plan["epochs"] >= 2 and plan["epochs"] % plan["check_val_every_n_epoch"] == 0
+    assert plan["steps"] == plan["epochs"] * 4
+    assert plan["estimated_total_s"] <= 6 * 60
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    epochs = {int(r.split(",")[header.index("epoch")]) for r in rows[1:] if r.split(",")[header.index("epoch")]}
+    assert max(epochs) == plan["epochs"] - 1
+    assert process_elapsed() > 0
+
+
+def test_budget_too_small_is_one_clear_error(make_cfg):
+    cfg = make_cfg(["logger=csv", "budget.minutes=0.01"])
+    with pytest.raises(ConfigError, match="budget"):
+        train(cfg)

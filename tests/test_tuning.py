@@ -1,0 +1,64 @@
+"""Post-processing tuned on validation: the search finds known-better settings, the checkpoint keeps them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from nucseg.instances.tuning import score_settings, tune_postprocess
+from nucseg.models.module import load_module
+from nucseg.train import train
+
+
+def _two_touching_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """Labels of two touching discs, and probabilities of a model that is under-confident (0.45 inside the
+    nuclei, so the default 0.5 threshold finds nothing) with a clear contour channel between them."""
+    yy, xx = np.mgrid[:64, :64]
+    labels = np.zeros((64, 64), np.int32)
+    labels[(yy - 32) ** 2 + (xx - 20) ** 2 < 100] = 1
+    labels[((yy - 32) ** 2 + (xx - 39) ** 2 < 100) & (labels == 0)] = 2
+    probs = np.zeros((3, 64, 64), np.float32)
+    probs[0][labels > 0] = 0.45
+    border = (np.abs(xx - 29.5) < 1.5) & (labels > 0)
+    probs[1][border] = 0.9
+    return probs, labels
+
+
+def test_tuning_finds_the_threshold_the_model_needs():
+    probs, labels = _two_touching_nuclei()
+    base = {"method": "watershed", "threshold": 0.5, "contour_threshold": 0.5, "min_size": 10,
+            "seed_min_size": 10, "fill_holes": True}
+    assert score_settings([probs], [labels], base) == 0.0
+    result = tune_postprocess([probs], [labels], base)
+    assert result.base_score == 0.0
+    assert result.settings["threshold"] < 0.45
+    assert result.score > 0.8  # both nuclei found and split by the contour
+    assert result.score == score_settings([probs], [labels], result.settings)
+    assert result.summary()["base"]["threshold"] == 0.5
+    assert len(result.trials) >= 30
+
+
+def test_postprocess_auto_tunes_at_test_and_nucseg_tune_rewrites_the_checkpoint(make_cfg, tmp_path):
+    cfg = make_cfg(["logger=csv", "model=unet", "model.classes=3", "data.targets=instance", "postprocess=auto"])
+    metrics = train(cfg)
+    assert "tune/val_dsb_score" in metrics and "test/dsb_score_untuned" in metrics
+    assert metrics["tune/val_dsb_score"] >= metrics["tune/val_dsb_score_base"]
+    best = metrics["best_model_path"]
+    hp = torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["postprocess"]
+    assert hp["tuned"]["val_dsb_score"] == metrics["tune/val_dsb_score"]
+    assert hp["threshold"] == metrics["tune/threshold"]
+    assert load_module(best).hparams["postprocess"]["tuned"]["n_val_images"] == metrics["tune/n_val_images"]
+
+    grid = "{threshold:[0.2,0.9],contour_threshold:[0.5],seed_min_size:[10],min_size:[10]}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "nucseg.tune", f"ckpt_path={best}", f"paths.data_dir={cfg.paths.data_dir}",
+         f"paths.cache_dir={cfg.paths.cache_dir}", f"hydra.run.dir={tmp_path / 'tune'}", "max_val_images=2",
+         f"+grid={grid}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "validation DSB score" in proc.stdout
+    hp2 = torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["postprocess"]
+    assert hp2["threshold"] in (0.2, 0.5, 0.9) and hp2["tuned"]["n_val_images"] == 2
+    assert (tmp_path / "tune" / "tune.json").is_file()
