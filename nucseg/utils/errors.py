@@ -13,6 +13,13 @@ from contextlib import contextmanager
 
 log = logging.getLogger("nucseg")
 
+__all__ = ["CheckpointError", "friendly_errors", "user_error"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, not a nucseg checkpoint, or its weights do not fit its
+    network; the message names the file."""
+
 
 def user_error(exc: BaseException) -> BaseException | None:
     """The first exception in the cause/context chain that is a user-fixable nucseg error, if any."""
@@ -23,7 +30,7 @@ def user_error(exc: BaseException) -> BaseException | None:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, DataNotFoundError | ImageReadError):
+        if isinstance(cur, DataNotFoundError | ImageReadError | CheckpointError):
             return cur
         cur = cur.__cause__ or cur.__context__
     return None
