@@ -158,9 +158,7 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
     try:
         ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and torch raise many types for a file that is not a checkpoint
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{ckpt_path}: cannot be read as a checkpoint ({type(exc).__name__}: "
-                              f"{first_line})") from exc
+        raise CheckpointError(f"{ckpt_path}: cannot be read as a checkpoint ({_load_error(exc)})") from exc
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not hp or "net" not in hp or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{ckpt_path}: not a nucseg checkpoint (no 'net' in its hyper_parameters or no "
@@ -174,6 +172,14 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
                               ) from exc
     module.eval()
     return module
+
+
+def _load_error(exc: Exception) -> str:
+    """The informative line of torch.load's error (its weights_only message opens with advice to turn the
+    protection off, which is not ours to give)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    return next((ln for ln in lines if not ln.startswith(boilerplate)), type(exc).__name__)
 
 
 def _mismatch(ckpt_path: Path, expected: Iterable[str], found: Iterable[str], exc: Exception) -> str:
