@@ -187,10 +187,6 @@ class Predictor:
                              f"{image.shape}")
         return self._preprocess(normalize(to_rgb(image), **self.normalization))
 
-    def read(self, path: str | Path) -> np.ndarray:
-        """File -> (H, W, 3) uint8 as the model saw it in training; ImageReadError names a bad file."""
-        return self.prepare(read_raw(path))
-
     # ------------------------------------------------------------------------------------------- network
     def _probs_fn(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.module.predict_logits(x))
