@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
-from nucseg.inference.inputs import list_inputs, unique_stems
+from nucseg.inference.inputs import list_inputs, require_images, unique_stems
 from nucseg.inference.predictor import Predictor
 from nucseg.inference.writers import submission_rows, write_image_outputs, write_tables
 
@@ -54,8 +54,7 @@ def run_predict(cfg: DictConfig) -> PredictReport:
     report = PredictReport(skipped=[str(s) for s in skipped])
     for s in skipped:
         log.info("skipped %s: not an image file (expected one of .png, .tif, .tiff, .jpg, .jpeg, .bmp)", s)
-    if not files:
-        raise FileNotFoundError(f"input: no image files (.png, .tif, .tiff, .jpg, .jpeg, .bmp) in {cfg.input}")
+    require_images(files, cfg.input)
 
     predictor = Predictor.from_checkpoint(
         cfg.ckpt_path, device=cfg.get("device", "auto"), tile=cfg.tile, overlap=cfg.overlap, blend=cfg.blend,

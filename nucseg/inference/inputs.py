@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from nucseg.data.io import is_image_file
+from nucseg.data.dsb2018 import DataNotFoundError
+from nucseg.data.io import IMAGE_SUFFIXES, is_image_file
 
-__all__ = ["OUTPUT_SUFFIXES", "list_inputs", "unique_stems"]
+__all__ = ["OUTPUT_SUFFIXES", "list_inputs", "require_images", "unique_stems"]
 
 # per-image outputs of `nucseg.inference.writers.write_image_outputs`: skipped when listing the output folder
 OUTPUT_SUFFIXES = ("_labels.tif", "_prob.tif", "_uncertainty.tif", "_overlay.png")
@@ -15,12 +16,14 @@ OUTPUT_SUFFIXES = ("_labels.tif", "_prob.tif", "_uncertainty.tif", "_overlay.png
 
 def list_inputs(path: str | Path, recursive: bool = False, output: str | Path | None = None
                 ) -> tuple[list[Path], list[Path]]:
-    """(image files, skipped non-image files) of a file or directory, sorted; our own outputs are left out."""
+    """(image files, skipped non-image files) of a file or directory, sorted; our own outputs are left out.
+
+    A missing `path` raises DataNotFoundError (a FileNotFoundError that the entry points report in one line)."""
     path = Path(path)
     if path.is_file():
         return ([path], []) if is_image_file(path) else ([], [path])
     if not path.is_dir():
-        raise FileNotFoundError(f"input: no such file or directory: {path}")
+        raise DataNotFoundError(f"input: no such file or directory: {path}")
     out_dir = Path(output).resolve() if output else None
     images, skipped = [], []
     for f in sorted(path.rglob("*") if recursive else path.iterdir()):
@@ -30,6 +33,12 @@ def list_inputs(path: str | Path, recursive: bool = False, output: str | Path | 
             continue  # outputs of an earlier run into the same folder
         (images if is_image_file(f) else skipped).append(f)
     return images, skipped
+
+
+def require_images(files: Sequence[Path], path: str | Path) -> None:
+    """Raise DataNotFoundError naming `path` when it holds no image file."""
+    if not files:
+        raise DataNotFoundError(f"input: no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
 
 
 def unique_stems(files: Sequence[Path]) -> list[str]:
