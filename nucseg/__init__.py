@@ -1,0 +1,26 @@
+"""nucseg: nucleus segmentation with uncertainty.
+
+Library use: `nucseg.Predictor.from_checkpoint(path).predict(image)` -> `nucseg.Prediction`. The two are
+imported on first use, so that `import nucseg.data.io` and the like do not load torch and the models.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nucseg.inference.predictor import Prediction, Predictor
+
+__all__ = ["Prediction", "Predictor"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from nucseg.inference import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'nucseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # tab completion in a notebook lists the lazy names too
+    return sorted({*globals(), *__all__})

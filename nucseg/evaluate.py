@@ -10,26 +10,24 @@ A Kaggle-layout folder with masks (e.g. stage1_test) is scored with `data=dsb201
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig, open_dict
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
-from nucseg.data.io import atomic_write_text
-from nucseg.metrics.pixel import dice_score, iou_score
+from nucseg.callbacks.evaluation_writer import EvaluationWriter
+from nucseg.callbacks.instance_metrics import InstanceMetrics
+from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.models.module import load_module
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
+from nucseg.utils.tables import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -37,56 +35,6 @@ HEADLINE = ("test/dice", "test/iou", "test/auroc", "test/dsb_score", "test/ap50"
             "test/certainty_spearman", "test/failure_auroc")
 PER_IMAGE_FIRST = ("id", "height", "width", "dice", "iou", "dsb_score", "ap50", "count_error", "n_true", "n_pred",
                    "certainty", "needs_review")
-
-
-class EvaluationWriter(L.Callback):
-    """Per test image: pixel Dice / IoU at the module's threshold, and a TP/FP/FN overlay PNG for the first
-    `max_overlays` images (`level` pixel or object)."""
-
-    def __init__(self, output_dir: str | Path, level: str = "pixel", max_overlays: int = 16, alpha: float = 0.5,
-                 iou_threshold: float = 0.5):
-        if level not in ("pixel", "object"):
-            raise ValueError(f"overlays.level: expected 'pixel' or 'object', got {level!r}")
-        self.output_dir, self.level, self.max_overlays = Path(output_dir), level, int(max_overlays)
-        self.alpha, self.iou_threshold = alpha, iou_threshold
-        self.rows: list[dict[str, Any]] = []
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows = []
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        thr = float(getattr(pl_module, "threshold", 0.5))
-        probs = outputs["probs"].detach().float().cpu()
-        for i in range(probs.shape[0]):
-            pred = probs[i, 0] > thr
-            true = batch["target"][i, 0].cpu() > 0.5
-            labelled = bool(batch["labelled"][i])
-            row = {"id": str(batch["id"][i]), "height": int(pred.shape[0]), "width": int(pred.shape[1]),
-                   "dice": float(dice_score(pred, true)) if labelled else math.nan,
-                   "iou": float(iou_score(pred, true)) if labelled else math.nan}
-            self.rows.append(row)
-            if labelled and len(self.rows) <= self.max_overlays and trainer.is_global_zero:
-                self._overlay(pl_module, batch, i, probs[i], pred.numpy(), row["id"])
-
-    def _overlay(self, pl_module, batch: dict, i: int, probs: torch.Tensor, pred: np.ndarray, rid: str) -> None:
-        from nucseg.callbacks.instance_metrics import postprocess_settings
-        from nucseg.viz.overlays import object_error_overlay, pixel_error_overlay, save_png
-
-        image = (batch["image"][i].detach().cpu().clamp(0, 1).numpy().transpose(1, 2, 0) * 255 + 0.5)
-        image = image.astype(np.uint8)
-        if self.level == "pixel":
-            rgb = pixel_error_overlay(image, pred, batch["target"][i, 0].cpu().numpy() > 0.5, self.alpha)
-        else:
-            from nucseg.instances.watershed import probs_to_instances
-
-            pred_labels = probs_to_instances(probs.numpy(), **postprocess_settings(pl_module))
-            rgb = object_error_overlay(image, pred_labels, batch["labels"][i].cpu().numpy(), self.iou_threshold,
-                                       self.alpha)
-        save_png(self.output_dir / "overlays" / f"{_safe(rid)}.png", rgb)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120] or "image"
 
 
 def merge_rows(base: list[dict], *others: list[dict]) -> list[dict]:
@@ -102,14 +50,9 @@ def merge_rows(base: list[dict], *others: list[dict]) -> list[dict]:
 
 
 def write_per_image(path: Path, rows: list[dict]) -> None:
+    """per_image.csv: the known columns first (those present), then any others in name order."""
     extra = sorted({k for r in rows for k in r} - set(PER_IMAGE_FIRST))
-    cols = [c for c in PER_IMAGE_FIRST if any(c in r for r in rows)] + extra
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    write_csv(path, [c for c in PER_IMAGE_FIRST if any(c in r for r in rows)] + extra, rows)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -130,8 +73,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
-    from nucseg.callbacks.instance_metrics import InstanceMetrics
-
     if not any(isinstance(c, InstanceMetrics) for c in callbacks):
         callbacks.append(InstanceMetrics())
     ov = cfg.get("overlays") or {}
@@ -145,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = to_float_dict(trainer.callback_metrics)
     if trainer.is_global_zero:
         inst = next(c for c in callbacks if isinstance(c, InstanceMetrics))
-        unc = [c.rows for c in callbacks if type(c).__name__ == "UncertaintyEvaluation" and getattr(c, "rows", None)]
+        unc = [c.rows for c in callbacks if isinstance(c, UncertaintyEvaluation) and c.rows]
         rows = merge_rows(writer.rows, inst.rows, *unc)
         write_per_image(output_dir / "per_image.csv", rows)
         metrics["n_images"] = len(rows)

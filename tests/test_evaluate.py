@@ -101,14 +101,18 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def evaluated(ckpt, kaggle_dir, tmp_path_factory, data_dir, cache_dir):
-    out = tmp_path_factory.mktemp("evaluate-out")
+def run_evaluate(ckpt: Path, kaggle_dir: Path, out: Path, data_dir: Path, cache_dir: Path) -> dict:
     cfg = compose_cfg([f"ckpt_path={ckpt}", "data=dsb2018_test", f"data.source.root={kaggle_dir}",
                        "data.num_workers=0", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
                        "trainer.enable_progress_bar=false", "callbacks.rich_progress_bar=null", "logger=csv"],
                       out, config_name="evaluate", data_dir=data_dir, cache_dir=cache_dir)
-    return out, evaluate(cfg)
+    return evaluate(cfg)
+
+
+@pytest.fixture(scope="module")
+def evaluated(ckpt, kaggle_dir, tmp_path_factory, data_dir, cache_dir):
+    out = tmp_path_factory.mktemp("evaluate-out")
+    return out, run_evaluate(ckpt, kaggle_dir, out, data_dir, cache_dir)
 
 
 def test_metrics_json_has_the_headline_metrics(evaluated):
@@ -158,3 +162,16 @@ def test_overlays_written_for_each_image(evaluated, kaggle_dir):
         png = np.asarray(Image.open(out / "overlays" / f"{d.name}.png"))
         h, w = np.asarray(Image.open(d / "images" / f"{d.name}.png")).shape[:2]
         assert png.shape == (h, w, 3)
+
+
+def test_uncertainty_rows_join_the_per_image_csv(ckpt, kaggle_dir, tmp_path, data_dir, cache_dir):
+    """A checkpoint whose model has an uncertainty method (TTA here): the uncertainty callback's certainty per
+    image lands in per_image.csv, joined on the image id."""
+    c = torch.load(ckpt, map_location="cpu", weights_only=True)
+    c["hyper_parameters"]["uncertainty"] = {"method": "tta", "tta_ops": "flips", "review_threshold": 0.5}
+    torch.save(c, tmp_path / "tta.ckpt")
+    metrics = run_evaluate(tmp_path / "tta.ckpt", kaggle_dir, tmp_path / "out", data_dir, cache_dir)
+    rows = read_csv(tmp_path / "out" / "per_image.csv")
+    assert sorted(r["id"] for r in rows) == sorted(p.name for p in kaggle_dir.iterdir())
+    assert all(0.0 <= float(r["certainty"]) <= 1.0 and r["dice_mc"] != "" for r in rows)
+    assert "test/certainty_spearman" in metrics

@@ -20,9 +20,11 @@ from PIL import Image
 
 from nucseg.data.io import read_image
 from nucseg.data.rle import rle_decode
+from nucseg.inference.inputs import list_inputs, unique_stems
+from nucseg.inference.predictor import Predictor
 from nucseg.inference.tta import tta_mean
 from nucseg.models.module import load_module, pad_to_multiple
-from nucseg.predict import Predictor, list_inputs, run_predict, unique_stems
+from nucseg.predict import run_predict
 from nucseg.train import train
 from nucseg.uncertainty.sampling import sample_probs
 
@@ -229,7 +231,7 @@ def test_tta_and_single_tile_match_whole_image_passes(module_and_image):
 
 def test_uncertainty_branch_writes_maps_and_certainty(module_and_image, tmp_path):
     """TTA as the uncertainty method (works for any checkpoint): samples per tile are blended like channels."""
-    from nucseg.predict import write_image_outputs
+    from nucseg.inference.writers import write_image_outputs
 
     module, image = module_and_image
     pred = Predictor(module, tile=512, uncertainty={"method": "tta", "tta_ops": "flips",
@@ -240,10 +242,10 @@ def test_uncertainty_branch_writes_maps_and_certainty(module_and_image, tmp_path
     ref = sample_probs(module.net, _tensor(image), "tta", tta_ops="flips")
     torch.testing.assert_close(samples, ref, rtol=0, atol=1e-6)
     torch.testing.assert_close(probs, ref.mean(0), rtol=0, atol=1e-6)
-    result = pred(image)
-    assert 0.0 <= result.certainty <= 1.0
+    result = pred.predict(image)
+    assert 0.0 <= result.certainty <= 1.0 and result.needs_review == (result.certainty < 0.99)
     assert set(result.uncertainty) == {"entropy", "mutual_info", "variance"}
-    write_image_outputs(tmp_path, "x", image, result)
+    write_image_outputs(tmp_path, "x", result)
     stack = tifffile.imread(tmp_path / "x_uncertainty.tif")
     assert stack.shape == (3, *image.shape[:2]) and stack.dtype == np.float32
     assert np.allclose(stack[0], result.uncertainty["entropy"]) and stack[0].max() <= 1.0 + 1e-6

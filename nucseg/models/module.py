@@ -6,8 +6,9 @@ the threshold, the target layout), so a checkpoint alone rebuilds the model: see
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from torchmetrics import MeanMetric
 
 from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
 from nucseg.models.mc_dropout import mc_dropout_enabled
+from nucseg.utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +148,55 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
     """Rebuild a trained module from its checkpoint alone (no training config needed).
 
     Loads with `weights_only=True`: the checkpoint holds tensors and plain containers only, so no code from
-    the file is executed.
+    the file is executed. The weights are loaded strictly: a checkpoint whose weights do not fit the network
+    its hyper-parameters describe raises `CheckpointError` naming the missing and unexpected keys, instead of
+    predicting with random weights.
     """
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    hp = ckpt.get("hyper_parameters")
-    if not hp or "net" not in hp:
-        raise ValueError(f"{ckpt_path}: not a nucseg checkpoint (no 'net' in its hyper_parameters)")
-    module = SegmentationModule(**{k: v for k, v in hp.items() if k in SegmentationModule.__init__.__code__.co_varnames})
-    module.load_state_dict(ckpt["state_dict"], strict=False)
+        raise CheckpointError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+    try:
+        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle, zip and torch raise many types for a file that is not a checkpoint
+        raise CheckpointError(f"{ckpt_path}: cannot be read as a checkpoint ({_load_error(exc)})") from exc
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hp or "net" not in hp or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{ckpt_path}: not a nucseg checkpoint (no 'net' in its hyper_parameters or no "
+                              "state_dict)")
+    accepted = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self"}
+    module = SegmentationModule(**{k: v for k, v in hp.items() if k in accepted})
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:  # missing / unexpected keys or shapes that differ
+        raise CheckpointError(_mismatch(ckpt_path, module.state_dict().keys(), ckpt["state_dict"].keys(), exc)
+                              ) from exc
     module.eval()
     return module
+
+
+def _load_error(exc: Exception) -> str:
+    """The informative line of torch.load's error (its weights_only message opens with advice to turn the
+    protection off, which is not ours to give)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    return next((ln for ln in lines if not ln.startswith(boilerplate)), type(exc).__name__)
+
+
+def _mismatch(ckpt_path: Path, expected: Iterable[str], found: Iterable[str], exc: Exception) -> str:
+    """One line: the first few missing and unexpected state-dict keys with their counts (or the first shape
+    that differs)."""
+    exp, got = list(expected), list(found)
+    exp_set, got_set = set(exp), set(got)
+    missing = [k for k in exp if k not in got_set]
+    unexpected = [k for k in got if k not in exp_set]
+    if not missing and not unexpected:
+        shapes = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        return f"{ckpt_path}: its weights do not fit its network: {(shapes or [str(exc)])[0]}"
+    return (f"{ckpt_path}: its weights do not fit the network its hyper-parameters describe: "
+            f"{_key_list('missing', missing)}; {_key_list('unexpected', unexpected)}")
+
+
+def _key_list(kind: str, keys: list[str], shown: int = 3) -> str:
+    """'2 missing keys (a, b)': the first few names and the count."""
+    head = ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+    return f"{len(keys)} {kind} key{'s' if len(keys) != 1 else ''}" + (f" ({head})" if keys else "")

@@ -13,6 +13,13 @@ from contextlib import contextmanager
 
 log = logging.getLogger("nucseg")
 
+__all__ = ["CheckpointError", "ConfigError", "friendly_errors", "user_error"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, not a nucseg checkpoint, or its weights do not fit its
+    network; the message names the file."""
+
 
 class ConfigError(ValueError):
     """A config value a user can fix; the message names the key, the value and what was expected."""
@@ -27,7 +34,7 @@ def user_error(exc: BaseException) -> BaseException | None:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, DataNotFoundError | ImageReadError | ConfigError):
+        if isinstance(cur, DataNotFoundError | ImageReadError | CheckpointError | ConfigError):
             return cur
         cur = cur.__cause__ or cur.__context__
     return None

@@ -1,0 +1,286 @@
+"""The inference engine as a library: a checkpoint in, nuclei out, for one image or many.
+
+    import nucseg
+    p = nucseg.Predictor.from_checkpoint("runs/x/checkpoints/last.ckpt")
+    r = p.predict(image)          # any (H, W) or (H, W, C) array, 8/16-bit or float
+    r.labels, r.probability, r.nuclei, r.certainty, r.needs_review
+
+Everything about the model (network, input normalisation, CLAHE, post-processing, uncertainty method and
+review threshold) comes from the checkpoint; arguments left None keep the checkpoint's settings.
+`python -m nucseg.predict` is a loop over `Predictor.predict_files` plus the writers of
+`nucseg.inference.writers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nucseg.data.io import normalize, read_raw, to_rgb
+from nucseg.inference.sliding_window import sliding_window_inference
+from nucseg.inference.tta import tta_mean
+from nucseg.models.module import SegmentationModule, load_module
+
+__all__ = ["Prediction", "Predictor", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as torch.device understands it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Prediction:
+    """What the model found in one image.
+
+    labels: (H, W) int32 instance labels, 0 = background, nuclei numbered 1..N.
+    probs: (K, H, W) float32 probabilities (K = 1 nucleus channel, or 3 with contour and touching borders).
+    image: (H, W, 3) uint8, the input as the model saw it (percentile-normalised, CLAHE if trained with it).
+    uncertainty: name -> (H, W) float32 map (entropy, mutual_info, variance); empty without an uncertainty
+        method.
+    certainty: image certainty in [0, 1] (agreement of the uncertainty samples); None without one.
+    needs_review: certainty < the review threshold; None when either is missing.
+    nuclei: one dict per nucleus, in label order (`nucseg.instances.measure.COLUMNS`: nucleus_id, area,
+        centroid_y, centroid_x, equivalent_diameter, eccentricity, mean_intensity); pixels, and intensity in
+        the input's own units.
+    """
+
+    labels: np.ndarray
+    probs: np.ndarray
+    image: np.ndarray
+    uncertainty: dict[str, np.ndarray] = field(default_factory=dict)
+    certainty: float | None = None
+    needs_review: bool | None = None
+    nuclei: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def probability(self) -> np.ndarray:
+        """(H, W) float32 nucleus (foreground) probability."""
+        return self.probs[0]
+
+    def summary(self) -> dict[str, Any]:
+        """height, width, nucleus_count, mean_area (pixels), certainty, needs_review."""
+        areas = [n["area"] for n in self.nuclei]
+        return {"height": int(self.labels.shape[0]), "width": int(self.labels.shape[1]),
+                "nucleus_count": len(self.nuclei), "mean_area": float(np.mean(areas)) if areas else 0.0,
+                "certainty": self.certainty, "needs_review": self.needs_review}
+
+    def to_dataframe(self) -> Any:
+        """The per-nucleus table as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("Prediction.to_dataframe needs pandas (pip install pandas); "
+                              "Prediction.nuclei holds the same table as a list of dicts") from exc
+        from nucseg.instances.measure import COLUMNS
+
+        return pd.DataFrame(self.nuclei, columns=list(COLUMNS))
+
+
+def _merge(base: dict | None, overrides: dict | None) -> dict:
+    """The checkpoint's settings with the non-null overrides on top."""
+    out = dict(base or {})
+    out.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return out
+
+
+def _drop_alpha(raw: np.ndarray) -> np.ndarray:
+    """Intensities for measurement: (H, W) or (H, W, C) without an alpha channel."""
+    if raw.ndim == 3 and raw.shape[-1] in (2, 4):
+        return raw[..., : 1 if raw.shape[-1] == 2 else 3]
+    return raw
+
+
+class Predictor:
+    """A loaded model plus the inference settings: an image of any size and bit depth -> nuclei.
+
+    Build it with `Predictor.from_checkpoint(path)`; the constructor takes an already loaded module.
+    """
+
+    def __init__(self, module: SegmentationModule, device: str | torch.device = "cpu", tile: int = 512,
+                 overlap: float = 0.25, blend: str = "gaussian", tile_batch_size: int = 1,
+                 tta: bool | str | Sequence[str] | None = False, postprocess: dict | None = None,
+                 uncertainty: dict | None = None):
+        self.module = module.eval()
+        self.device = resolve_device(device)
+        self.module.to(self.device)
+        hp = module.hparams
+        self.clahe = bool(hp.get("clahe", False))
+        self.normalization = dict(hp.get("normalization") or {})
+        self.postprocess = _merge(hp.get("postprocess"), postprocess)
+        self.uncertainty, self.members = self._uncertainty_settings(uncertainty)
+        self.method = self.uncertainty["method"] if self.uncertainty else "none"
+        self.tile, self.overlap, self.blend, self.tile_batch_size = tile, overlap, blend, tile_batch_size
+        self.tta = None if tta in (False, None, "none", "false") else ("all" if tta is True else tta)
+        if isinstance(self.tta, str) and self.tta not in ("flips", "all"):
+            raise ValueError(f"tta: expected false, flips, all or a list of op names, got {tta!r}")
+        if self.method != "none" and self.review_threshold() is None:
+            log.warning("uncertainty.review_threshold of the checkpoint is %r, not a number: needs_review is left "
+                        "empty; pass uncertainty.review_threshold=<value> to flag uncertain images",
+                        (self.uncertainty or {}).get("review_threshold"))
+        if self.tta and self.method != "none":
+            log.info("tta=%s ignored: the model's uncertainty method (%s) already averages its samples",
+                     self.tta, self.method)
+        from nucseg.data.transforms import preprocessing
+
+        pre = preprocessing(self.clahe)
+        self._preprocess: Callable[[np.ndarray], np.ndarray] = (
+            (lambda img: pre[0](image=img)["image"]) if pre else (lambda img: img))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", tile: int | None = None,
+                        overlap: float | None = None, tta: bool | str | Sequence[str] | None = None,
+                        uncertainty: dict | None = None, postprocess: dict | None = None,
+                        blend: str | None = None, tile_batch_size: int | None = None) -> Predictor:
+        """Load a checkpoint written by `python -m nucseg.train` (weights only, strictly).
+
+        `postprocess` / `uncertainty`: keys to change (e.g. `{"min_size": 30}`, `{"method": "none"}`); keys
+        absent or None keep the checkpoint's values. `device`: "cpu", "cuda", "cuda:1" or "auto". `tile`
+        (pixels, a multiple of 32; default 512), `overlap` (fraction of a tile; 0.25), `blend` ("gaussian")
+        and `tile_batch_size` (1) set the sliding window; `tta` ("flips", "all"; off by default) averages
+        flipped / rotated passes for models without an uncertainty method.
+        """
+        defaults = {"tile": 512, "overlap": 0.25, "blend": "gaussian", "tile_batch_size": 1, "tta": False}
+        given = {"tile": tile, "overlap": overlap, "blend": blend, "tile_batch_size": tile_batch_size, "tta": tta}
+        window = _merge(defaults, given)
+        return cls(load_module(path), device=device, postprocess=postprocess, uncertainty=uncertainty,
+                   tile=int(window["tile"]), overlap=float(window["overlap"]), blend=str(window["blend"]),
+                   tile_batch_size=int(window["tile_batch_size"]), tta=window["tta"])
+
+    def _uncertainty_settings(self, overrides: dict | None) -> tuple[dict | None, list]:
+        """The checkpoint's uncertainty settings with the overrides; None for one deterministic pass
+        (then a model's MC dropout is switched off)."""
+        from nucseg.models.mc_dropout import set_mc_dropout
+        from nucseg.uncertainty.sampling import load_ensemble, resolve_settings
+
+        net = self.module.net
+        merged = _merge(self.module.hparams.get("uncertainty"), overrides)
+        # method=none asked for explicitly: no sampling, even for a model with MC dropout
+        off = (overrides or {}).get("method") == "none"
+        settings = None if off else resolve_settings(merged, net)
+        set_mc_dropout(net, settings is not None and settings["method"] == "mc_dropout")
+        members: list = []
+        if settings and settings["method"] == "ensemble":
+            members = load_ensemble(settings.get("checkpoints") or [], device=self.device)
+            if settings.get("include_self", True):
+                members = [net, *members]
+        return settings, members
+
+    # ------------------------------------------------------------------------------------------- input
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) or (H, W, C) array, C in 1-4 (alpha ignored), any dtype -> (H, W, 3) uint8 as the model saw
+        images in training (percentile normalisation, optional CLAHE)."""
+        image = np.asarray(image)
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4)):
+            raise ValueError(f"image: expected an (H, W) or (H, W, C) array with 1-4 channels, got shape "
+                             f"{image.shape}")
+        return self._preprocess(normalize(to_rgb(image), **self.normalization))
+
+    # ------------------------------------------------------------------------------------------- network
+    def _probs_fn(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.module.predict_logits(x))
+
+    def _window(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        return sliding_window_inference(fn, x, tile=self.tile, overlap=self.overlap, blend=self.blend,
+                                        pad_multiple=int(self.module.pad_multiple),
+                                        tile_batch_size=self.tile_batch_size, output_device="cpu")
+
+    @torch.no_grad()
+    def probabilities(self, image: np.ndarray) -> tuple[Tensor, Tensor | None]:
+        """A prepared (H, W, 3) uint8 image (see `prepare`) -> the (1, K, H, W) float32 probabilities on the
+        CPU, and the (T, 1, K, H, W) uncertainty samples (None without an uncertainty method)."""
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)[None]
+        x = x.to(self.device)
+        if self.method == "none":
+            fn = self._probs_fn if not self.tta else (lambda t: tta_mean(self._probs_fn, t, self.tta))
+            return self._window(fn, x), None
+        samples = self._window_samples(x)
+        return samples.mean(0), samples
+
+    def _window_samples(self, x: Tensor) -> Tensor:
+        """Uncertainty samples tile by tile: the T samples are stacked on the channel axis so that the
+        sliding window blends each sample like any other output channel. Each tile is sampled alone under the
+        same seed, so sample t uses the same dropout masks in every tile (one coherent model draw per sample)."""
+        from nucseg.uncertainty.sampling import sample_probs
+
+        assert self.uncertainty is not None
+        u = self.uncertainty
+        shape: dict[str, int] = {}
+
+        def fn(tiles: Tensor) -> Tensor:
+            outs = []
+            for tile in tiles.split(1):
+                s = sample_probs(self.module.net, tile, u["method"], int(u.get("samples") or 1),
+                                 seed=u.get("seed"), models=self.members, batch_size=u.get("batch_size"),
+                                 tta_ops=u.get("tta_ops") or "all")  # (T, 1, K, h, w)
+                shape["T"], shape["K"] = s.shape[0], s.shape[2]
+                outs.append(s.transpose(0, 1).reshape(1, -1, *s.shape[-2:]))
+            return torch.cat(outs)
+
+        out = self._window(fn, x)  # (B, T*K, H, W)
+        return out.reshape(x.shape[0], shape["T"], shape["K"], *x.shape[-2:]).transpose(0, 1)
+
+    def review_threshold(self) -> float | None:
+        """needs_review = certainty < this; None when the settings hold no numeric threshold."""
+        value = (self.uncertainty or {}).get("review_threshold")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    # ------------------------------------------------------------------------------------------- results
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Segment, count and measure the nuclei of one image.
+
+        `image`: (H, W) or (H, W, C) array, C in 1-4 (an alpha channel is ignored), uint8, uint16 or float;
+        normalised here as in training. Nucleus intensities are measured in the array's own units.
+        """
+        from nucseg.instances.measure import measure_instances
+        from nucseg.instances.watershed import probs_to_instances
+
+        raw = np.asarray(image)
+        prepared = self.prepare(raw)
+        probs, samples = self.probabilities(prepared)
+        probs_np = probs[0].float().cpu().numpy()
+        labels = probs_to_instances(probs_np, **self.postprocess)
+        pred = Prediction(labels=labels, probs=probs_np, image=prepared,
+                          nuclei=measure_instances(labels, _drop_alpha(raw)))
+        if samples is not None:
+            from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
+
+            maps = pixel_uncertainty(samples)
+            pred.uncertainty = {k: _foreground_map(v) for k, v in maps.items() if k != "mean"}
+            pred.certainty = float(image_certainty(samples, float(self.module.threshold))[0])
+            thr = self.review_threshold()
+            pred.needs_review = None if thr is None else pred.certainty < thr
+        return pred
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """`predict` on an image file (PNG, TIFF, JPEG, BMP); ImageReadError names a file that cannot be read."""
+        return self.predict(read_raw(path))
+
+    def predict_files(self, paths: Iterable[str | Path]) -> Iterator[tuple[Path, Prediction | Exception]]:
+        """(path, Prediction) per file, or (path, the exception) for a file that could not be read or
+        processed: one bad file does not stop the rest. Lazy: each file is processed when it is asked for."""
+        for path in map(Path, paths):
+            try:
+                result: Prediction | Exception = self.predict_file(path)
+            except Exception as exc:  # one bad file must not stop a folder of hundreds
+                result = exc
+            yield path, result
+
+
+def _foreground_map(t: Tensor) -> np.ndarray:
+    """A (1, K, H, W) / (1, H, W) / (H, W) map -> the (H, W) foreground map as float32."""
+    a = t.detach().float().cpu().numpy()
+    while a.ndim > 2:
+        a = a[0]
+    return a.astype(np.float32)

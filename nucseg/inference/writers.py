@@ -1,0 +1,77 @@
+"""Files written for a `Prediction`: label / probability / uncertainty TIFFs, the outline overlay PNG, and the
+per-run tables (summary, nuclei, errors, Kaggle submission)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nucseg.data.io import atomic_write_bytes
+from nucseg.instances.measure import COLUMNS as MEASURE_COLUMNS
+from nucseg.utils.tables import write_csv
+
+if TYPE_CHECKING:
+    from nucseg.inference.predictor import Prediction
+
+__all__ = ["ERROR_COLUMNS", "NUCLEI_COLUMNS", "SUMMARY_COLUMNS", "label_dtype", "submission_rows", "tiff_bytes",
+           "write_image_outputs", "write_tables"]
+
+SUMMARY_COLUMNS = ("image", "file", "height", "width", "nucleus_count", "mean_area", "certainty", "needs_review")
+NUCLEI_COLUMNS = ("image", *MEASURE_COLUMNS)
+ERROR_COLUMNS = ("file", "error")
+SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
+
+
+def tiff_bytes(array: np.ndarray, **kwargs: Any) -> bytes:
+    """The TIFF file of `array` in memory (kwargs go to tifffile.imwrite), to be written atomically."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array, **kwargs)
+    return buf.getvalue()
+
+
+def label_dtype(labels: np.ndarray) -> type:
+    """uint16 when the labels fit (Fiji reads it as an ImageJ hyperstack), else uint32."""
+    return np.uint16 if int(labels.max(initial=0)) <= np.iinfo(np.uint16).max else np.uint32
+
+
+def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: bool = True) -> None:
+    """`<stem>_labels.tif`, `<stem>_prob.tif` (float32 nucleus probability), `<stem>_uncertainty.tif` (a
+    float32 stack, one page per map, when there are maps) and `<stem>_overlay.png`, each written atomically."""
+    from nucseg.viz.overlays import outline_overlay, save_png
+
+    dtype = label_dtype(pred.labels)
+    # ImageJ hyperstacks hold 8/16-bit and float32; uint32 labels are written as a plain TIFF
+    atomic_write_bytes(out_dir / f"{stem}_labels.tif",
+                       tiff_bytes(pred.labels.astype(dtype), imagej=dtype == np.uint16))
+    atomic_write_bytes(out_dir / f"{stem}_prob.tif", tiff_bytes(pred.probability.astype(np.float32), imagej=True))
+    if pred.uncertainty:
+        names = list(pred.uncertainty)
+        stack = np.stack([pred.uncertainty[n] for n in names]).astype(np.float32)
+        atomic_write_bytes(out_dir / f"{stem}_uncertainty.tif",
+                           tiff_bytes(stack, imagej=True, metadata={"axes": "ZYX", "Labels": names}))
+    if overlay:
+        save_png(out_dir / f"{stem}_overlay.png", outline_overlay(pred.image, pred.labels))
+
+
+def submission_rows(stem: str, labels: np.ndarray) -> list[dict[str, str]]:
+    """Kaggle rows (ImageId, EncodedPixels): one per nucleus; an image without nuclei gets one empty row."""
+    from nucseg.data.rle import labels_to_rles
+
+    rles = labels_to_rles(labels)
+    return [{"ImageId": stem, "EncodedPixels": r} for r in rles] or [{"ImageId": stem, "EncodedPixels": ""}]
+
+
+def write_tables(out_dir: Path, summary: Iterable[dict], nuclei: Iterable[dict], errors: Iterable[dict],
+                 submission: Iterable[dict] | None = None) -> None:
+    """summary.csv, nuclei.csv, errors.csv and (when given) submission.csv; floats to 6 decimals."""
+    write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summary, digits=6)
+    write_csv(out_dir / "nuclei.csv", NUCLEI_COLUMNS, nuclei, digits=6)
+    write_csv(out_dir / "errors.csv", ERROR_COLUMNS, errors, digits=6)
+    if submission is not None:
+        write_csv(out_dir / "submission.csv", SUBMISSION_COLUMNS, submission, digits=6)
