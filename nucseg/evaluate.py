@@ -18,13 +18,14 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.callbacks.evaluation_writer import EvaluationWriter
 from nucseg.callbacks.instance_metrics import InstanceMetrics
 from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.models.module import load_module
+from nucseg.utils.config import align_data_with_checkpoint
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
 from nucseg.utils.tables import write_csv
@@ -61,14 +62,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     module = load_module(cfg.ckpt_path)
-    hp = module.hparams
-    with open_dict(cfg):  # the data must be prepared the way the model was trained
-        for key in ("targets", "clahe"):
-            if key in cfg.data and hp.get(key) is not None and cfg.data[key] != hp[key]:
-                log.info("data.%s=%s set from the checkpoint (was %s)", key, hp[key], cfg.data[key])
-                cfg.data[key] = hp[key]
-        if cfg.data.get("val_fraction", 0) == 0 and cfg.data.get("test_fraction", 0) == 1.0:
-            log.info("evaluating every image of %s", cfg.data.source.get("root", cfg.data.source))
+    align_data_with_checkpoint(cfg, module.hparams)  # the data must be prepared the way the model was trained
+    if cfg.data.get("val_fraction", 0) == 0 and cfg.data.get("test_fraction", 0) == 1.0:
+        log.info("evaluating every image of %s", cfg.data.source.get("root", cfg.data.source))
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
 
     loggers = instantiate_loggers(cfg.get("logger"))

@@ -208,12 +208,12 @@ def test_real_label_maps_score_one_against_themselves(dsb_root):
 
 @pytest.mark.slow
 def test_all_dsb2018_ground_truth_scores(dsb_root):
-    """All 664 label maps: self 1.0, one nucleus dropped (n-1)/n, a 2-px shift equal to the brute force."""
+    """All label maps of stage1_train: self 1.0, one nucleus dropped (n-1)/n, a 2-px shift equal to the brute force."""
     from nucseg.data.dsb2018 import DSB2018Source
 
     source = DSB2018Source(dsb_root)
     ids = sorted(p.name for p in dsb_root.iterdir() if (p / "masks").is_dir())
-    assert len(ids) == 664
+    assert len(ids) > 600  # 664 here, 670 in the public downloads
     t0 = time.perf_counter()
     maps = [source.load(rid)[1] for rid in ids]
     t_load = time.perf_counter() - t0
@@ -223,13 +223,13 @@ def test_all_dsb2018_ground_truth_scores(dsb_root):
     shifted = [dsb_score_image(m, np.roll(m, 2, axis=1)) for m in maps]
     t_score = time.perf_counter() - t0
     n_nuclei = sum(s["n_true"] for s in selfs)
-    print(f"\n{len(maps)} images, {n_nuclei} nuclei: decode {t_load:.1f} s, 3 x 664 scores {t_score:.2f} s")
+    print(f"\n{len(maps)} images, {n_nuclei} nuclei: decode {t_load:.1f} s, 3 x {len(maps)} scores {t_score:.2f} s")
     assert n_nuclei > 28_000
     assert all(s["dsb_score"] == 1.0 and s["count_error"] == 0.0 for s in selfs)
     expected = [(s["n_true"] - 1) / s["n_true"] for s in selfs]
     np.testing.assert_allclose(dropped, expected)
     assert 0.0 < np.mean(shifted) < 1.0
-    for i in range(0, 664, 40):  # brute force is slow: every 40th image
+    for i in range(0, len(maps), 40):  # brute force is slow: every 40th image
         m = maps[i]
         assert shifted[i] == pytest.approx(brute_force_score(m, np.roll(m, 2, axis=1)))
 

@@ -145,7 +145,7 @@ def test_auto_review_threshold_falls_back_to_the_budget_with_few_validation_fail
     def fake_rows(self, pl_module, batch, det):
         return [{"certainty": c, "dice_mc": d, "_maps": None} for c, d in zip(cert, dice, strict=True)]
 
-    monkeypatch.setattr(unc.UncertaintyEvaluation, "_val_batches", lambda self, trainer: [None])
+    monkeypatch.setattr(unc, "validation_batches", lambda trainer, max_images, purpose: [None])
     monkeypatch.setattr(unc.UncertaintyEvaluation, "_evaluate", fake_rows)
     cb.settings = resolve_settings({"method": "mc_dropout", "review_budget": 0.2}, _mc_net())
     assert cb._choose_threshold(None, None) == pytest.approx(0.915) and cb.review_rule == "budget"
