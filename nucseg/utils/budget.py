@@ -114,17 +114,25 @@ def _time_train_steps(module: Any, datamodule: Any, steps: int, warmup: int) -> 
 
 
 @torch.no_grad()
-def _time_eval(module: Any, datamodule: Any, n_images: int, samples: int) -> tuple[float, float, float]:
-    """(seconds per megapixel of a deterministic forward, of one MC-dropout sampling of `samples` passes, of
-    one post-processing) measured on the first validation images."""
+def _time_eval(module: Any, datamodule: Any, n_images: int, samples: int) -> tuple[float, float, float, float]:
+    """(seconds per megapixel of a deterministic forward, of one MC-dropout sampling of `samples` passes; seconds
+    per image of one post-processing, of one post-processing plus its DSB score) on `n_images` validation
+    images spread over the split's sizes (per-megapixel costs grow with the image: the smallest images alone
+    underestimate a split with large ones)."""
     from nucseg.instances.watershed import probs_to_instances
+    from nucseg.metrics.dsb_score import dsb_score_image
     from nucseg.uncertainty.sampling import has_mc_dropout, sample_probs
 
     dataset = datamodule.dataset("val")
-    fwd = mc = post = mp = 0.0
+    ids = list(datamodule.splits.get("val", []))
+    sizes = [math.prod(datamodule.cached.load(rid)[0].shape[:2]) for rid in ids]
+    order = sorted(range(len(ids)), key=sizes.__getitem__)
+    n = min(n_images, len(ids))
+    picks = sorted({order[round(q * (len(order) - 1) / max(n - 1, 1))] for q in range(n)})
+    fwd = mc = post = trial = mp = 0.0
     module.eval()
     settings = {k: v for k, v in dict(module.hparams.get("postprocess") or {}).items() if k not in ("tune", "tuned")}
-    for i in range(min(n_images, len(dataset))):
+    for i in picks:
         sample = dataset[i]
         x = sample["image"][None]
         mp += x.shape[-1] * x.shape[-2] / 1e6
@@ -132,15 +140,19 @@ def _time_eval(module: Any, datamodule: Any, n_images: int, samples: int) -> tup
         torch.sigmoid(module.predict_logits(x))
         fwd += time.perf_counter() - t
         # timed on the targets: an untrained network's noisy maps cost the watershed far more than a trained one's
+        target = sample["target"].numpy()
         t = time.perf_counter()
-        probs_to_instances(sample["target"].numpy(), **settings)
+        labels = probs_to_instances(target, **settings)
         post += time.perf_counter() - t
+        dsb_score_image(labels, labels)
+        trial += time.perf_counter() - t
         if samples and has_mc_dropout(module.net):
             t = time.perf_counter()
             sample_probs(module.net, x, "mc_dropout", samples=samples, seed=0)
             mc += time.perf_counter() - t
     module.train()
-    return fwd / mp, mc / mp, post / max(min(n_images, len(dataset)), 1)
+    k = max(len(picks), 1)
+    return fwd / max(mp, 1e-9), mc / max(mp, 1e-9), post / k, trial / k
 
 
 def _megapixels(datamodule: Any, split: str, limit: Any = None) -> tuple[float, int]:
@@ -156,6 +168,17 @@ def _megapixels(datamodule: Any, split: str, limit: Any = None) -> tuple[float, 
         image, _ = datamodule.cached.load(rid)
         total += image.shape[0] * image.shape[1] / 1e6
     return total, len(ids)
+
+
+def _cap(callbacks: Any, name: str, limit: Any) -> Any:
+    """The smaller of callback `name`'s `max_val_images` and `trainer.limit_val_batches` (one image a batch)."""
+    conf = callbacks.get(name) if hasattr(callbacks, "get") else None
+    cap = conf.get("max_val_images") if conf is not None and hasattr(conf, "get") else None
+    if cap is None:
+        return limit
+    if isinstance(limit, int):
+        return min(int(cap), limit)
+    return int(cap) if limit is None or limit >= 1.0 else limit  # a fraction of the split: keep it (upper bound)
 
 
 def _set_schedule(cfg: DictConfig, epochs: int, every: int) -> None:
@@ -193,15 +216,23 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
     step_s = _time_train_steps(module, datamodule, int(b.timing_steps), int(b.warmup_steps))
     unc = dict(module.hparams.get("uncertainty") or {})
     samples = int(unc.get("samples") or 0)
-    fwd_mp, mc_mp, post_img = _time_eval(module, datamodule, int(b.timing_images), samples)
+    fwd_mp, mc_mp, post_img, trial_img = _time_eval(module, datamodule, int(b.timing_images), samples)
     overhead = float(b.eval_overhead)  # metrics, loaders and logging around the measured forward passes
     instance = module.hparams.get("targets") == "instance"
     val_s = overhead * (fwd_mp * val_mp + (post_img * n_val if instance else 0.0))
+    # the review threshold (MC sampling) and the tuning (one forward, then watershed + score per candidate)
+    # read at most their callbacks' `max_val_images` validation images
+    callbacks = cfg.get("callbacks") or {}
+    review_mp, _ = _megapixels(datamodule, "val", _cap(callbacks, "uncertainty", cfg.trainer.get("limit_val_batches")))
+    tune_mp, n_tune = _megapixels(datamodule, "val",
+                                  _cap(callbacks, "postprocess_tuning", cfg.trainer.get("limit_val_batches")))
+    review = unc.get("review_threshold", "auto") == "auto" and mc_mp > 0
     tune = bool((module.hparams.get("postprocess") or {}).get("tune"))
     test_s = overhead * (
         fwd_mp * test_mp + post_img * n_test * (2 if instance else 0)  # watershed + connected components
-        + mc_mp * (test_mp + (val_mp if unc.get("review_threshold", "auto") == "auto" else 0.0))
-        + (fwd_mp * val_mp + post_img * n_val * int(b.tune_trials) if tune else 0.0)
+        + mc_mp * test_mp
+        + ((fwd_mp + mc_mp) * review_mp if review else 0.0)
+        + (fwd_mp * tune_mp + trial_img * n_tune * int(b.tune_trials) if tune else 0.0)
     ) + float(b.figures_s)
     elapsed = process_elapsed()
     reserve = float(b.margin) * minutes * 60
