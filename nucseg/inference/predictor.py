@@ -223,7 +223,8 @@ class Predictor:
             for tile in tiles.split(1):
                 s = sample_probs(self.module.net, tile, u["method"], int(u.get("samples") or 1),
                                  seed=u.get("seed"), models=self.members, batch_size=u.get("batch_size"),
-                                 tta_ops=u.get("tta_ops") or "all")  # (T, 1, K, h, w)
+                                 tta_ops=u.get("tta_ops") or "all",
+                                 pad_multiple=int(self.module.pad_multiple))  # (T, 1, K, h, w)
                 shape["T"], shape["K"] = s.shape[0], s.shape[2]
                 outs.append(s.transpose(0, 1).reshape(1, -1, *s.shape[-2:]))
             return torch.cat(outs)

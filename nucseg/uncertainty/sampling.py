@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from nucseg.inference.tta import get_ops
 from nucseg.models.mc_dropout import has_mc_dropout, mc_dropout_enabled
-from nucseg.models.module import pad_to_multiple
+from nucseg.models.padding import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ METHODS = ("mc_dropout", "tta", "ensemble")
 # big batches fill the device (activations of the decoder at full resolution bound memory); on a CPU big
 # batches only thrash the caches: experiments/bench_mc_sampling.py measured one 256x256 copy per pass fastest.
 PIXEL_BUDGET = {"cpu": 2**16, "cuda": 2**23}
-# pad to this multiple before the network (any smp encoder depth <= 5 divides it); outputs are cropped back
-PAD_MULTIPLE = 32
 
 
 @contextlib.contextmanager
@@ -128,6 +126,7 @@ def sample_probs(
     models: list | None = None,
     batch_size: int | None = None,
     tta_ops: Sequence[str] | str = "all",
+    pad_multiple: int = 32,
 ) -> Tensor:
     """Sigmoid probabilities (T,B,K,H,W) of `x` (B,C,H,W) at its own size, `T` samples per image.
 
@@ -135,13 +134,14 @@ def sample_probs(
     of `models` (then `net` is not used and may be None). `seed` fixes the dropout masks (the caller's RNG
     state is left as it was): the same seed, `batch_size` and device give the same samples; another chunking
     draws other (equally valid) masks. `batch_size` caps the image copies per forward pass (None: a pixel budget).
-    Networks run in eval mode; inputs are reflect-padded to a multiple of 32 and the outputs cropped back.
+    Networks run in eval mode; inputs are reflect-padded to a multiple of `pad_multiple` (the module's
+    `pad_multiple`: its encoder's stride) and the outputs cropped back.
     """
     if x.ndim != 4:
         raise ValueError(f"sample_probs: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
     if method not in METHODS:
         raise ValueError(f"uncertainty.method: expected one of {', '.join(METHODS)}, got {method!r}")
-    padded, (h, w) = pad_to_multiple(x, PAD_MULTIPLE)
+    padded, (h, w) = pad_to_multiple(x, pad_multiple)
     with seeded(seed, x.device):
         if method == "mc_dropout":
             out = _mc_dropout(net, padded, samples, batch_size)
