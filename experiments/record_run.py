@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from nucseg.callbacks.report_figures import histories_from_csv, save_figure, training_curves_figure
 from nucseg.data.io import atomic_write_text
+from nucseg.viz.report import histories_from_csv, save_figure, training_curves_figure
 
 FILES = [
     "metrics.json", ".hydra/overrides.yaml", "figures/per_image.csv", "figures/best_worst.png",

@@ -43,7 +43,7 @@ def montage(root: DSB2018Source, groups: dict[str, list[str]], out: Path, n_grou
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nucseg.callbacks.report_figures import save_figure
+    from nucseg.viz.report import save_figure
 
     rng = np.random.default_rng(seed)
     big = sorted((g for g in groups if len(groups[g]) >= per_group), key=lambda g: -len(groups[g]))

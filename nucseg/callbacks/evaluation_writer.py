@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,8 @@ import numpy as np
 import torch
 
 from nucseg.metrics.pixel import dice_score, iou_score
+from nucseg.utils.files import safe_filename
+from nucseg.viz.images import as_uint8_rgb
 
 __all__ = ["EvaluationWriter"]
 
@@ -48,22 +49,15 @@ class EvaluationWriter(L.Callback):
 
     def _overlay(self, pl_module: L.LightningModule, batch: dict, i: int, probs: torch.Tensor, pred: np.ndarray,
                  rid: str) -> None:
-        from nucseg.callbacks.instance_metrics import postprocess_settings
         from nucseg.viz.overlays import object_error_overlay, pixel_error_overlay, save_png
 
-        image = (batch["image"][i].detach().cpu().clamp(0, 1).numpy().transpose(1, 2, 0) * 255 + 0.5)
-        image = image.astype(np.uint8)
+        image = as_uint8_rgb(batch["image"][i])
         if self.level == "pixel":
             rgb = pixel_error_overlay(image, pred, batch["target"][i, 0].cpu().numpy() > 0.5, self.alpha)
         else:
-            from nucseg.instances.watershed import probs_to_instances
+            from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 
             pred_labels = probs_to_instances(probs.numpy(), **postprocess_settings(pl_module))
             rgb = object_error_overlay(image, pred_labels, batch["labels"][i].cpu().numpy(), self.iou_threshold,
                                        self.alpha)
-        save_png(self.output_dir / "overlays" / f"{_safe(rid)}.png", rgb)
-
-
-def _safe(name: str) -> str:
-    """A file name from an image id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120] or "image"
+        save_png(self.output_dir / "overlays" / f"{safe_filename(rid)}.png", rgb)
