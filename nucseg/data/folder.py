@@ -26,7 +26,7 @@ import numpy as np
 from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential
 
-from nucseg.data.dsb2018 import DataNotFoundError, imaging_type
+from nucseg.data.acquisitions import imaging_type
 from nucseg.data.io import (
     ImageReadError,
     atomic_write_text,
@@ -35,7 +35,7 @@ from nucseg.data.io import (
     read_image,
     read_mask,
 )
-from nucseg.data.source import Record, Source, load_json
+from nucseg.data.source import DataNotFoundError, Record, Source, load_json
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from nucseg.data.dsb2018 import DataNotFoundError
 from nucseg.data.io import IMAGE_SUFFIXES, is_image_file
+from nucseg.data.source import DataNotFoundError
 
 __all__ = ["OUTPUT_SUFFIXES", "list_inputs", "require_images", "unique_stems"]
 
