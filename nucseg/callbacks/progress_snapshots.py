@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from nucseg.data.datamodule import collate
+from nucseg.data.dataset import collate
 from nucseg.data.io import atomic_write_bytes, atomic_write_text
 from nucseg.metrics.pixel import dice_score
 from nucseg.uncertainty.sampling import eval_mode
