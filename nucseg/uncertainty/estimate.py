@@ -36,7 +36,7 @@ def module_samples(pl_module: L.LightningModule, image: Tensor, settings: dict[s
                    models: list | None = None, samples: int | None = None) -> Tensor:
     """(T,B,K,H,W) samples for whole images of any size, padded to the module's `pad_multiple` and cropped back."""
     return sample_probs(_net(pl_module), image.to(pl_module.device), method=settings["method"],
-                        samples=int(samples or settings["samples"]), seed=settings.get("seed"), models=models,
+                        samples=int(samples or settings.get("samples") or 1), seed=settings.get("seed"), models=models,
                         batch_size=settings.get("batch_size"), tta_ops=settings.get("tta_ops", "all"),
                         pad_multiple=int(getattr(pl_module, "pad_multiple", 32)))
 

@@ -12,6 +12,8 @@ one interface (`sample_probs`):
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import glob
 import logging
 from collections.abc import Iterator, Sequence
@@ -195,21 +197,40 @@ def _chunked_forward(net: nn.Module, x: Tensor, batch_size: int | None) -> Tenso
 
 
 # --------------------------------------------------------------------------- configuration
-DEFAULTS: dict[str, Any] = {
-    "method": "none", "samples": 20, "seed": 0, "batch_size": None, "tta_ops": "all", "checkpoints": [],
-    "include_self": True, "failure_dice": 0.7, "review_threshold": "auto", "ece_bins": 15,
-    "min_val_failures": 5, "review_budget": 0.1,
-}
+def method_defaults(method: str) -> dict[str, Any]:
+    """The default settings of an uncertainty method: `conf/uncertainty/_base.yaml` merged with
+    `conf/uncertainty/<method>.yaml`, the one home of these defaults (empty when nucseg runs without its
+    source tree's `conf/`; checkpoints written by `nucseg.train` carry every setting)."""
+    return copy.deepcopy(_method_defaults(method))
+
+
+@functools.cache
+def _method_defaults(method: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from nucseg.utils.config import PROJECT_ROOT
+
+    folder = PROJECT_ROOT / "conf" / "uncertainty"
+    merged: dict[str, Any] = {}
+    for name in ("_base", method):
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            log.debug("no %s: uncertainty defaults come from the checkpoint alone", path)
+            return {}
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        assert isinstance(node, dict)
+        merged.update({str(k): v for k, v in node.items() if k != "defaults"})
+    return merged
 
 
 def resolve_settings(cfg: dict[str, Any] | None, net: nn.Module) -> dict[str, Any] | None:
-    """The effective uncertainty settings for `net`, or None when there is nothing to estimate.
+    """The effective uncertainty settings for `net`, or None when there is nothing to estimate: `cfg` over
+    the method's defaults (`method_defaults`), so settings stored before a key existed still resolve.
 
     A model with MC dropout is evaluated with it even when `uncertainty.method` was left at `none` (its
     dropout is on at inference anyway); `mc_dropout` on a model without MC dropout is a configuration error.
     """
-    settings = {**DEFAULTS, **dict(cfg or {})}
-    method = settings["method"] or "none"
+    method = dict(cfg or {}).get("method") or "none"
     if method == "none":
         if not has_mc_dropout(net):
             return None
@@ -221,10 +242,11 @@ def resolve_settings(cfg: dict[str, Any] | None, net: nn.Module) -> dict[str, An
         raise ValueError("uncertainty.method=mc_dropout, but the model has no MC dropout: use model=bayes_unet "
                          "or add a model.mc_dropout block ({rate: 0.2, where: decoder}), or choose "
                          "uncertainty.method=tta|ensemble")
-    rt = settings["review_threshold"]
+    settings = {**method_defaults(method), **dict(cfg or {})}
+    rt = settings.get("review_threshold")
     if not (rt == "auto" or isinstance(rt, int | float)):
         raise ValueError(f"uncertainty.review_threshold: expected 'auto' or a number in [0, 1], got {rt!r}")
-    budget = settings["review_budget"]
+    budget = settings.get("review_budget")
     if not (isinstance(budget, int | float) and 0.0 <= budget <= 1.0):
         raise ValueError(f"uncertainty.review_budget: expected a fraction in [0, 1], got {budget!r}")
     settings["method"] = method

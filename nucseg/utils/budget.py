@@ -137,7 +137,7 @@ def _time_eval(module: Any, datamodule: Any, n_images: int, samples: int) -> tup
         post += time.perf_counter() - t
         if samples and has_mc_dropout(module.net):
             t = time.perf_counter()
-            sample_probs(module.net, x, "mc_dropout", samples=samples, seed=0)
+            sample_probs(module.net, x, "mc_dropout", samples=samples, seed=0, pad_multiple=int(module.pad_multiple))
             mc += time.perf_counter() - t
     module.train()
     return fwd / mp, mc / mp, post / max(min(n_images, len(dataset)), 1)
