@@ -27,7 +27,8 @@ from nucseg.viz.report import histories_from_csv, save_figure, training_curves_f
 FILES = [
     "metrics.json", ".hydra/overrides.yaml", "figures/per_image.csv", "figures/best_worst.png",
     "figures/training_curves.png", "figures/certainty_vs_dice.png", "progress/progress_grid.png",
-    "uncertainty/test_images.csv", "uncertainty/val_images.csv", "uncertainty/reliability.png", "uncertainty/review_threshold.json",
+    "uncertainty/test_images.csv", "uncertainty/val_images.csv", "uncertainty/reliability.png",
+    "uncertainty/review_threshold.json",
     "csv/metrics.csv",
 ]
 TABLE = ["test/dice", "test/iou", "test/auroc", "test/dsb_score", "test/dsb_score_cc", "test/ap50",

@@ -294,7 +294,8 @@ def test_validation_and_test_passes_are_deterministic_for_an_mc_dropout_model():
 
 
 # --------------------------------------------------------------------------- end to end
-def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch, dsb_root, cache_dir):
+def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch, dsb_root,
+                                                                    cache_dir):
     from nucseg.train import train
     from nucseg.utils.run import finish_wandb
 

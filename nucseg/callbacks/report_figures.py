@@ -56,7 +56,8 @@ class ReportFigures(L.Callback):
         # every epoch, not only those with validation (which Lightning runs before this hook)
         m = trainer.callback_metrics
         if "train/loss_epoch" in m:
-            self.train_history.append({"epoch": float(trainer.current_epoch), "train/loss": float(m["train/loss_epoch"])})
+            self.train_history.append({"epoch": float(trainer.current_epoch),
+                                       "train/loss": float(m["train/loss_epoch"])})
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -86,7 +86,8 @@ def plan_schedule(available_s: float, step_s: float, val_s: float, test_s: float
     epochs_possible = steps // steps_per_epoch
     if epochs_possible < 1:
         raise ConfigError(
-            f"budget: {available_s / 60:.1f} minutes left after setup leave no time for one epoch of {steps_per_epoch} steps "
+            f"budget: {available_s / 60:.1f} minutes left after setup leave no time for one epoch of "
+            f"{steps_per_epoch} steps "
             f"({step_s:.2f} s/step measured, {validations} validations of {val_s:.0f} s and a test of "
             f"{test_s:.0f} s): raise budget.minutes or lower data.samples_per_epoch")
     if epochs_possible < validations:
