@@ -40,12 +40,12 @@ class EvaluationWriter(L.Callback):
             pred = probs[i, 0] > thr
             true = batch["target"][i, 0].cpu() > 0.5
             labelled = bool(batch["labelled"][i])
-            row = {"id": str(batch["id"][i]), "height": int(pred.shape[0]), "width": int(pred.shape[1]),
+            row: dict[str, Any] = {"id": str(batch["id"][i]), "height": int(pred.shape[0]), "width": int(pred.shape[1]),
                    "dice": float(dice_score(pred, true)) if labelled else math.nan,
                    "iou": float(iou_score(pred, true)) if labelled else math.nan}
             self.rows.append(row)
             if labelled and len(self.rows) <= self.max_overlays and trainer.is_global_zero:
-                self._overlay(pl_module, batch, i, probs[i], pred.numpy(), row["id"])
+                self._overlay(pl_module, batch, i, probs[i], pred.numpy(), str(row["id"]))
 
     def _overlay(self, pl_module: L.LightningModule, batch: dict, i: int, probs: torch.Tensor, pred: np.ndarray,
                  rid: str) -> None:

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -109,10 +110,11 @@ class ProgressSnapshots(L.Callback):
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         probs, dices = [], []
         thr = float(getattr(pl_module, "threshold", 0.5))
-        with eval_mode(pl_module.net, mc_dropout=False):
+        module: Any = pl_module  # a SegmentationModule
+        with eval_mode(module.net, mc_dropout=False):
             for b in self._batches:
-                image = b["image"].to(pl_module.device)
-                p = torch.sigmoid(pl_module.predict_logits(image))[0, 0].float().cpu()
+                image = b["image"].to(module.device)
+                p = torch.sigmoid(module.predict_logits(image))[0, 0].float().cpu()
                 probs.append(p.numpy())
                 dices.append(float(dice_score(p > thr, b["target"][0, 0] > 0.5)) if b["labelled"][0] else None)
         self.snapshots.append((int(trainer.global_step), probs, dices))

@@ -38,7 +38,7 @@ class WandbUncertaintyHeatmaps(L.Callback):
         self._settings = module_settings(pl_module)
         if self._settings is not None and self._settings["method"] == "ensemble":
             log.info("wandb_uncertainty: ensemble members exist only after training; no validation heatmaps")
-            self._settings: dict[str, Any] | None = None
+            self._settings = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._images = []

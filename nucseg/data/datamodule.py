@@ -151,8 +151,8 @@ class SegDataModule(L.LightningDataModule):
         sampler = None
         if train and self.group_balance:
             # draws image indices (the dataset maps index i to image i % n); Lightning wraps it for DDP
-            sampler = WeightedRandomSampler(torch.from_numpy(self.train_weights()), num_samples=len(dataset),
-                                            replacement=True)
+            weights = torch.from_numpy(self.train_weights())
+            sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)  # type: ignore[arg-type]
             shuffle = False
         return DataLoader(
             dataset,

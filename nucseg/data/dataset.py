@@ -4,6 +4,7 @@ collate function, and the training targets (`binary`, or `instance` with contour
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class SegmentationDataset(Dataset):
                 raise ImageReadError(f"labels of shape {labels.shape} differ from the image's {image.shape[:2]}")
             out = self.transform(image=image, mask=labels.astype(np.int32))
         except Exception as exc:  # name the sample even when the error comes from inside a worker
-            inner = getattr(self.source, "source", self.source)  # CachedSource -> the Source it wraps
+            inner: Any = getattr(self.source, "source", self.source)  # CachedSource -> the Source it wraps
             where = inner.location(rid)
             if isinstance(exc, ImageReadError) and where in str(exc):
                 raise

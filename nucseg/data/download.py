@@ -100,8 +100,8 @@ def unpack(archive: str | os.PathLike, target: str | os.PathLike, force: bool = 
                 zf.extractall(tmp)
         elif kind == "tar":
             with tarfile.open(archive) as tf:
-                for member in tf.getmembers():
-                    _check_member(member.name, archive)
+                for info in tf.getmembers():
+                    _check_member(info.name, archive)
                 if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
                     tf.extractall(tmp, filter="data")
                 else:
@@ -184,7 +184,7 @@ def download(dataset: str, data_dir: str | os.PathLike, parts: list[str] | None 
             target.parent.mkdir(parents=True, exist_ok=True)
             if keep_archive:
                 with archive.open("rb") as src:
-                    atomic_write(target, lambda f, src=src: shutil.copyfileobj(src, f))
+                    atomic_write(target, lambda f: shutil.copyfileobj(src, f))
             else:
                 os.replace(archive, target)
         else:

@@ -108,7 +108,8 @@ class DSB2018Source(Source):
         d = self.root / record_id / "masks"
         if not d.is_dir():
             return []
-        paths, stray = [], []
+        paths: list[Path] = []
+        stray: list[Path] = []
         for p in sorted(d.iterdir()):
             (paths if is_image_file(p) else stray).append(p)
         if stray and d not in self._warned:  # once per folder: fingerprint() lists masks on every load

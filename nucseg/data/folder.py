@@ -83,14 +83,14 @@ class FolderSource(Source):
         self.images = self._list(self.image_dir, "image")
         if not self.images:
             raise DataNotFoundError(f"{self.image_dir} holds no image files. {FOLDER_HELP}")
-        masks = self._list(self.mask_dir, "mask") if self.mask_dir.is_dir() else {}
+        found = self._list(self.mask_dir, "mask") if self.mask_dir.is_dir() else {}
         if mask_suffix:
-            masks = {k[: -len(mask_suffix)]: v for k, v in masks.items() if k.endswith(mask_suffix)}
-        self.masks = {k: v for k, v in masks.items() if k in self.images}
-        orphans = sorted(set(masks) - set(self.images))
+            found = {k[: -len(mask_suffix)]: v for k, v in found.items() if k.endswith(mask_suffix)}
+        self.masks = {k: v for k, v in found.items() if k in self.images}
+        orphans = sorted(set(found) - set(self.images))
         if orphans:
             log.warning("%s: ignored %d mask(s) without an image in %s: %s", self.mask_dir, len(orphans),
-                        self.image_dir, [masks[o].name for o in orphans[:5]])
+                        self.image_dir, [found[o].name for o in orphans[:5]])
         lossy = [p.name for p in self.masks.values() if p.suffix.lower() in LOSSY_SUFFIXES]
         if lossy:
             raise ImageReadError(f"{self.mask_dir}: masks must be lossless (PNG or TIFF); JPEG compression "

@@ -25,7 +25,8 @@ def list_inputs(path: str | Path, recursive: bool = False, output: str | Path | 
     if not path.is_dir():
         raise DataNotFoundError(f"input: no such file or directory: {path}")
     out_dir = Path(output).resolve() if output else None
-    images, skipped = [], []
+    images: list[Path] = []
+    skipped: list[Path] = []
     for f in sorted(path.rglob("*") if recursive else path.iterdir()):
         if not f.is_file() or any(part.startswith(".") for part in f.relative_to(path).parts):
             continue  # hidden files and folders (.DS_Store, .hydra/)

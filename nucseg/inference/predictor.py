@@ -203,7 +203,8 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)[None]
         x = x.to(self.device)
         if self.method == "none":
-            fn = self._probs_fn if not self.tta else (lambda t: tta_mean(self._probs_fn, t, self.tta))
+            ops: Any = self.tta  # "flips", "all" or a list of op names
+            fn = self._probs_fn if not ops else (lambda t: tta_mean(self._probs_fn, t, ops))
             return self._window(fn, x), None
         samples = self._window_samples(x)
         return samples.mean(0), samples

@@ -32,6 +32,8 @@ class _MeanPerImage(Metric):
     full_state_update = False
     higher_is_better = True
     fn = staticmethod(dice_score)
+    total: Tensor
+    count: Tensor
 
     def __init__(self, threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
@@ -73,6 +75,9 @@ class BinnedAUROC(Metric):
 
     full_state_update = False
     higher_is_better = True
+
+    pos: Tensor
+    neg: Tensor
 
     def __init__(self, bins: int = 200, **kwargs):
         super().__init__(**kwargs)

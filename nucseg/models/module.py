@@ -86,6 +86,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         logits = self.net(batch["image"])
         self._check_targets(logits, batch["target"])
+        assert self.criterion is not None, "training needs a loss (cfg.loss)"
         loss = self.criterion(logits, batch["target"])
         self.train_loss(loss.detach())
         # not on the progress bar: Lightning turns progress-bar values into Python numbers after every batch,

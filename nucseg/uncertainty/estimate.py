@@ -59,7 +59,7 @@ def deterministic_probs(pl_module: L.LightningModule, batch: dict, outputs: Any 
     if isinstance(outputs, dict) and "probs" in outputs:
         return outputs["probs"]
     with eval_mode(_net(pl_module), mc_dropout=False):
-        return torch.sigmoid(pl_module.predict_logits(batch["image"].to(pl_module.device)))
+        return torch.sigmoid(pl_module.predict_logits(batch["image"].to(pl_module.device)))  # type: ignore[operator]
 
 
 def image_rows(samples: Tensor, batch: dict, det_probs: Tensor | None, threshold: float,

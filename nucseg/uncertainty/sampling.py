@@ -105,15 +105,16 @@ def encoder_once_passes(net: nn.Module, x: Tensor, samples: int, batch_size: int
     if not encoder_once_supported(net):
         raise ValueError("encoder-once sampling needs an smp model with MC dropout in the decoder only "
                          "(model.mc_dropout.where=decoder)")
+    smp: Any = net  # an smp model: encoder, decoder, segmentation_head
     b = x.shape[0]
     total = samples * b
-    features = net.encoder(x)
+    features = smp.encoder(x)
     size = chunk_size(total, x.shape[-2], x.shape[-1], x.device, batch_size)
     outs = []
     for idx in _chunks(total, size):
         rows = (idx % b).to(x.device)
         feats = [f.index_select(0, rows) for f in features]
-        outs.append(torch.sigmoid(net.segmentation_head(net.decoder(feats))))
+        outs.append(torch.sigmoid(smp.segmentation_head(smp.decoder(feats))))
     out = torch.cat(outs)
     return out.view(samples, b, *out.shape[1:])
 

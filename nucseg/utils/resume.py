@@ -110,7 +110,7 @@ def wandb_run_id(output_dir: str | Path) -> str | None:
         run_id = path.read_text().strip()
         if run_id:
             return run_id
-    if rank_zero_only.rank != 0:
+    if getattr(rank_zero_only, "rank", 0) != 0:
         return None
     alphabet = string.ascii_lowercase + string.digits  # the form of W&B's own run ids
     run_id = "".join(secrets.choice(alphabet) for _ in range(8))

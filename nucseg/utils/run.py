@@ -80,7 +80,7 @@ def hydra_job_for_ddp() -> Iterator[None]:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or "LOCAL_RANK" in os.environ:
         yield
         return
-    hc = HydraConfig.get()
+    hc: Any = HydraConfig.get()  # a DictConfig at run time (typed as the HydraConf dataclass)
     saved_argv, saved_dir = list(sys.argv), hc.run.dir
     saved_env = {k: os.environ.get(k) for k in _DIST_ENV}
     sys.argv = [sys.argv[0], *hc.overrides.task, "hydra.mode=RUN"]

@@ -152,7 +152,7 @@ def progress_grid(images: Sequence[np.ndarray], targets: Sequence[np.ndarray | N
     fig = Figure(figsize=(1.9 * n_cols, 1.9 * n_rows + 0.4))
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
     for r, img in enumerate(images):
-        row = [("image", as_uint8_rgb(img), None)]
+        row: list[tuple[str, np.ndarray, str | None]] = [("image", as_uint8_rgb(img), None)]
         tgt = targets[r]
         row.append(("ground truth", np.zeros(img.shape[:2]) if tgt is None else np.asarray(tgt, float), "gray"))
         for step, probs, dices in snapshots:
