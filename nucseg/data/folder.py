@@ -99,7 +99,7 @@ class FolderSource(Source):
         if unmatched:
             names = [self.images[u].name for u in unmatched[:5]]
             where = (f"{self.mask_dir} does not exist" if not self.mask_dir.is_dir()
-                     else f"{self.mask_dir} is empty" if not masks
+                     else f"{self.mask_dir} is empty" if not found
                      else f"{len(unmatched)} of {len(self.images)} images have no mask in {self.mask_dir}")
             if unlabelled == "error":
                 raise DataNotFoundError(
@@ -109,7 +109,8 @@ class FolderSource(Source):
                 )
             log.warning("%s: %d image(s) without a mask are used for prediction only (data.source.unlabelled="
                         "predict): %s", self.image_dir, len(unmatched), names)
-        key = f"{self.root.resolve()}|{images}|{masks}|{mask_suffix}|{mask_type}"
+        # the mask files found (not the folder name) are part of the key, as before the rename to `found`
+        key = f"{self.root.resolve()}|{images}|{found}|{mask_suffix}|{mask_type}"
         self.name = f"folder-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
     @staticmethod
