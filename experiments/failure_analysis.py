@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from nucseg.data.dsb2018 import DSB2018Source, imaging_type
+from nucseg.data.acquisitions import imaging_type
+from nucseg.data.dsb2018 import DSB2018Source
 from nucseg.data.io import atomic_write_text, read_raw, to_rgb
 
 
@@ -34,7 +35,8 @@ def touching_fraction(labels: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--root", type=Path, default=Path(os.environ.get("NUCSEG_DATA_DIR", "data")) / "dsb2018" / "stage1_train")
+    ap.add_argument("--root", type=Path,
+                    default=Path(os.environ.get("NUCSEG_DATA_DIR", "data")) / "dsb2018" / "stage1_train")
     ap.add_argument("--fail-dice", type=float, default=0.7)
     ap.add_argument("--worst", type=int, default=10, help="also list the N lowest-Dice images (failing or not)")
     ap.add_argument("--out", type=Path, default=None)

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from nucseg.callbacks.report_figures import histories_from_csv, save_figure, training_curves_figure
 from nucseg.data.io import atomic_write_text
+from nucseg.viz.report import histories_from_csv, save_figure, training_curves_figure
 
 FILES = [
     "metrics.json", ".hydra/overrides.yaml", "figures/per_image.csv", "figures/best_worst.png",
     "figures/training_curves.png", "figures/certainty_vs_dice.png", "progress/progress_grid.png",
-    "uncertainty/test_images.csv", "uncertainty/val_images.csv", "uncertainty/reliability.png", "uncertainty/review_threshold.json",
+    "uncertainty/test_images.csv", "uncertainty/val_images.csv", "uncertainty/reliability.png",
+    "uncertainty/review_threshold.json",
     "csv/metrics.csv",
 ]
 TABLE = ["test/dice", "test/iou", "test/auroc", "test/dsb_score", "test/dsb_score_cc", "test/ap50",

@@ -45,7 +45,8 @@ def summarise(rows: list[tuple[str, str, dict]], metrics: list[str]) -> dict[str
         table[arm] = {"seeds": d["seeds"]}
         for k in metrics:
             v = np.array(d[k], dtype=float)
-            table[arm][k] = {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)) if v.size > 1 else math.nan,
+            table[arm][k] = {"mean": float(np.nanmean(v)),
+                             "sd": float(np.nanstd(v, ddof=1)) if v.size > 1 else math.nan,
                              "values": [round(float(x), 4) for x in v]}
     return table
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.data.acquisitions import dhash
-from nucseg.data.datamodule import split_records
 from nucseg.data.dsb2018 import DSB2018Source
 from nucseg.data.io import atomic_write_text, read_raw, to_rgb
+from nucseg.data.splits import split_records
 
 
 def leakage(split: dict[str, list[str]], acq: dict[str, str], hashes: dict[str, int], hamming: int) -> dict:
@@ -43,7 +43,7 @@ def montage(root: DSB2018Source, groups: dict[str, list[str]], out: Path, n_grou
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nucseg.callbacks.report_figures import save_figure
+    from nucseg.viz.report import save_figure
 
     rng = np.random.default_rng(seed)
     big = sorted((g for g in groups if len(groups[g]) >= per_group), key=lambda g: -len(groups[g]))

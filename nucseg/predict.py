@@ -25,6 +25,7 @@ import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.inference.inputs import list_inputs, require_images, unique_stems
 from nucseg.inference.predictor import Predictor
 from nucseg.inference.writers import submission_rows, write_image_outputs, write_tables
+from nucseg.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,6 @@ class PredictReport:
     errors: list[dict] = field(default_factory=list)
     submission: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-
-
-def _progress(enabled: bool):
-    from rich import progress as rp
-
-    return rp.Progress(rp.TextColumn("[bold]predict[/bold] {task.description}"), rp.BarColumn(),
-                       rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
-                       disable=not enabled, transient=False)
 
 
 def run_predict(cfg: DictConfig) -> PredictReport:
@@ -64,7 +57,7 @@ def run_predict(cfg: DictConfig) -> PredictReport:
              predictor.module.hparams.get("targets"), predictor.method, len(files))
     rle = bool(cfg.get("rle", False))
     try:
-        with _progress(bool(cfg.get("progress", True))) as progress:
+        with progress_bar(bool(cfg.get("progress", True)), "[bold]predict[/bold] ") as progress:
             task = progress.add_task("", total=len(files))
             t0 = time.perf_counter()
             for (path, result), stem in zip(predictor.predict_files(files), unique_stems(files), strict=True):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -25,15 +25,19 @@ from nucseg.utils.run import finish_wandb, hydra_job_for_ddp, to_float_dict, wri
 log = logging.getLogger(__name__)
 
 
+def _dict(node: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
+
+
 def build_module(cfg: DictConfig) -> SegmentationModule:
-    sched = cfg.get("scheduler") or {}
+    sched: Any = cfg.get("scheduler") or {}
     return SegmentationModule(
-        net=OmegaConf.to_container(cfg.model, resolve=True),
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        net=_dict(cfg.model),
+        loss=_dict(cfg.loss),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(sched.scheduler) if sched.get("scheduler") else None,
-        scheduler_config=OmegaConf.to_container(sched.config, resolve=True) if sched.get("config") else None,
-        **OmegaConf.to_container(cfg.module, resolve=True),
+        scheduler_config=_dict(sched.config) if sched.get("config") else None,
+        **_dict(cfg.module),
     )
 
 
@@ -60,14 +64,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(_dict(cfg))
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = to_float_dict(trainer.callback_metrics)
 
     if cfg.get("test", True):
-        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         if not cfg.get("train", True):
             ckpt = ckpt_path or ""
         if not ckpt:

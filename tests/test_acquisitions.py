@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from nucseg.data.acquisitions import acquisition_features, cluster_acquisitions, dhash
-from nucseg.data.datamodule import split_records
 from nucseg.data.dsb2018 import DSB2018Source
 from nucseg.data.io import read_raw, to_rgb
 from nucseg.data.source import Record
+from nucseg.data.splits import split_records
 from nucseg.utils.errors import ConfigError
 
 

@@ -11,12 +11,15 @@ import tifffile
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from nucseg.data.datamodule import SegDataModule, collate
-from nucseg.data.dsb2018 import DataNotFoundError, DSB2018Source
+from nucseg.data.datamodule import SegDataModule
+from nucseg.data.dataset import collate
+from nucseg.data.dsb2018 import DSB2018Source
+from nucseg.data.dsb2018_solution import DSB2018SolutionSource
 from nucseg.data.folder import FolderSource
 from nucseg.data.io import ImageReadError, probe_image, read_image
 from nucseg.data.isbi2012 import ISBI2012Source
-from nucseg.data.rle import DSB2018SolutionSource, rle_encode
+from nucseg.data.rle import rle_encode
+from nucseg.data.source import DataNotFoundError
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options of a config group; `_`-prefixed files (`_base`, `_gpu`) are what options inherit."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def test_groups_have_the_documented_options():
@@ -119,3 +120,27 @@ def test_data_options_compose(make_cfg, option):
     dm = hydra.utils.instantiate(cfg.data)
     dm.setup()
     assert dm.splits and sum(len(v) for v in dm.splits.values()) > 0
+
+
+def test_one_callback_per_file():
+    for path in sorted((CONF / "callbacks").glob("*.yaml")):
+        if path.stem in ("default", "none"):  # the lists of callbacks
+            continue
+        assert [k for k in OmegaConf.load(path) if k != "defaults"] == [path.stem], path.name
+
+
+@pytest.mark.parametrize("method", ["mc_dropout", "tta", "ensemble"])
+def test_uncertainty_defaults_come_from_the_yaml_alone(make_cfg, method):
+    """The composed `uncertainty` config and the defaults that fill an old checkpoint's missing keys are the
+    same YAML (conf/uncertainty/_base.yaml + <method>.yaml)."""
+    from nucseg.models.factory import build_model
+    from nucseg.uncertainty.sampling import method_defaults, resolve_settings
+
+    composed = OmegaConf.to_container(make_cfg([f"uncertainty={method}"], fast=False).uncertainty)
+    assert composed == method_defaults(method)
+    base = OmegaConf.load(CONF / "uncertainty" / "_base.yaml")
+    net = build_model(arch="unet", encoder_name="resnet18", encoder_depth=3,
+                      mc_dropout={"rate": 0.2, "where": "decoder"} if method == "mc_dropout" else None)
+    old = resolve_settings({"method": method}, net)  # a checkpoint written before the other keys existed
+    assert old is not None and old["review_budget"] == base.review_budget == 0.1
+    assert old["min_val_failures"] == base.min_val_failures and old["failure_dice"] == base.failure_dice

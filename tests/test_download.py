@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from nucseg.data.download import DownloadError, Resource, download, fetch, main, unpack
+from nucseg.data.download import Resource, download, main, unpack
 from nucseg.data.dsb2018 import DSB2018Source
+from nucseg.data.fetch import DownloadError, fetch
 
 
 class _Handler(BaseHTTPRequestHandler):

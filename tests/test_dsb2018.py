@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nucseg.data.datamodule import SegDataModule, group_weights, stratified_split
-from nucseg.data.dsb2018 import DataNotFoundError, DSB2018Source, merge_masks
-from nucseg.data.source import CachedSource
+from nucseg.data.datamodule import SegDataModule
+from nucseg.data.dsb2018 import DSB2018Source, merge_masks
+from nucseg.data.source import CachedSource, DataNotFoundError
+from nucseg.data.splits import group_weights, stratified_split
 
 # a 256x256 fluorescence image and a 1000x1388... let the test find sizes from the files themselves
 SOME_IDS = 5

@@ -23,7 +23,8 @@ from nucseg.data.rle import rle_decode
 from nucseg.inference.inputs import list_inputs, unique_stems
 from nucseg.inference.predictor import Predictor
 from nucseg.inference.tta import tta_mean
-from nucseg.models.module import load_module, pad_to_multiple
+from nucseg.models.module import load_module
+from nucseg.models.padding import pad_to_multiple
 from nucseg.predict import run_predict
 from nucseg.train import train
 from nucseg.uncertainty.sampling import sample_probs

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nucseg.callbacks.report_figures import histories_from_csv
 from nucseg.train import train
+from nucseg.viz.report import histories_from_csv
 
 
 def test_run_writes_figures_and_ranked_csv(make_cfg, tmp_path):

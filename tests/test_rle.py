@@ -10,10 +10,12 @@ import pytest
 from PIL import Image
 from skimage.segmentation import relabel_sequential
 
-from nucseg.data.datamodule import stratified_split
-from nucseg.data.dsb2018 import DataNotFoundError, DSB2018Source
+from nucseg.data.dsb2018 import DSB2018Source
+from nucseg.data.dsb2018_solution import DSB2018SolutionSource, read_solution_csv
 from nucseg.data.io import probe_image
-from nucseg.data.rle import DSB2018SolutionSource, labels_to_rles, read_solution_csv, rle_decode, rle_encode
+from nucseg.data.rle import labels_to_rles, rle_decode, rle_encode
+from nucseg.data.source import DataNotFoundError
+from nucseg.data.splits import stratified_split
 from nucseg.train import train
 
 # 3x3, pixels numbered down the columns: col 0 = 1,2,3; col 1 = 4,5,6; col 2 = 7,8,9

@@ -14,7 +14,9 @@ import torch
 
 from nucseg.models.factory import build_model
 from nucseg.models.mc_dropout import has_mc_dropout
-from nucseg.models.module import load_module, pad_to_multiple
+from nucseg.models.module import load_module
+from nucseg.models.padding import pad_to_multiple
+from nucseg.uncertainty.review import choose_review_threshold
 from nucseg.uncertainty.sampling import (
     encoder_once_passes,
     encoder_once_supported,
@@ -135,22 +137,18 @@ def test_budget_review_threshold_flags_the_least_certain_share():
     assert budget_threshold(cert, 1.0) > 0.9  # all
 
 
-def test_auto_review_threshold_falls_back_to_the_budget_with_few_validation_failures(monkeypatch):
-    from nucseg.callbacks import uncertainty as unc
-
-    cb = unc.UncertaintyEvaluation()
+def test_auto_review_threshold_falls_back_to_the_budget_with_few_validation_failures():
     cert = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90]
     dice = [0.9] * 9 + [0.5]  # one failure, the least certain image
-
-    def fake_rows(self, pl_module, batch, det):
-        return [{"certainty": c, "dice_mc": d, "_maps": None} for c, d in zip(cert, dice, strict=True)]
-
-    monkeypatch.setattr(unc, "validation_batches", lambda trainer, max_images, purpose: [None])
-    monkeypatch.setattr(unc.UncertaintyEvaluation, "_evaluate", fake_rows)
-    cb.settings = resolve_settings({"method": "mc_dropout", "review_budget": 0.2}, _mc_net())
-    assert cb._choose_threshold(None, None) == pytest.approx(0.915) and cb.review_rule == "budget"
-    cb.settings["min_val_failures"] = 1  # enough failures: Youden's J, between 0.90 and 0.91
-    assert cb._choose_threshold(None, None) == pytest.approx(0.905) and cb.review_rule == "youden_j"
+    s = resolve_settings({"method": "mc_dropout", "review_budget": 0.2}, _mc_net())
+    chosen = choose_review_threshold(cert, dice, s["failure_dice"], s["min_val_failures"], s["review_budget"])
+    assert chosen.value == pytest.approx(0.915) and chosen.rule == "budget"
+    assert (chosen.n_images, chosen.n_failures) == (10, 1)
+    # enough failures: Youden's J, between 0.90 and 0.91
+    chosen = choose_review_threshold(cert, dice, s["failure_dice"], 1, s["review_budget"])
+    assert chosen.value == pytest.approx(0.905) and chosen.rule == "youden_j"
+    with pytest.raises(ValueError, match="no labelled validation images"):
+        choose_review_threshold([], [], 0.7, 5, 0.1)
     with pytest.raises(ValueError, match="uncertainty.review_budget"):
         resolve_settings({"method": "mc_dropout", "review_budget": 2}, _mc_net())
 
@@ -296,7 +294,8 @@ def test_validation_and_test_passes_are_deterministic_for_an_mc_dropout_model():
 
 
 # --------------------------------------------------------------------------- end to end
-def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch, dsb_root, cache_dir):
+def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch, dsb_root,
+                                                                    cache_dir):
     from nucseg.train import train
     from nucseg.utils.run import finish_wandb
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,8 @@ import numpy as np
 import torch
 
 from nucseg.metrics.pixel import dice_score, iou_score
+from nucseg.utils.files import safe_filename
+from nucseg.viz.images import as_uint8_rgb
 
 __all__ = ["EvaluationWriter"]
 
@@ -39,31 +40,24 @@ class EvaluationWriter(L.Callback):
             pred = probs[i, 0] > thr
             true = batch["target"][i, 0].cpu() > 0.5
             labelled = bool(batch["labelled"][i])
-            row = {"id": str(batch["id"][i]), "height": int(pred.shape[0]), "width": int(pred.shape[1]),
+            row: dict[str, Any] = {"id": str(batch["id"][i]), "height": int(pred.shape[0]), "width": int(pred.shape[1]),
                    "dice": float(dice_score(pred, true)) if labelled else math.nan,
                    "iou": float(iou_score(pred, true)) if labelled else math.nan}
             self.rows.append(row)
             if labelled and len(self.rows) <= self.max_overlays and trainer.is_global_zero:
-                self._overlay(pl_module, batch, i, probs[i], pred.numpy(), row["id"])
+                self._overlay(pl_module, batch, i, probs[i], pred.numpy(), str(row["id"]))
 
     def _overlay(self, pl_module: L.LightningModule, batch: dict, i: int, probs: torch.Tensor, pred: np.ndarray,
                  rid: str) -> None:
-        from nucseg.callbacks.instance_metrics import postprocess_settings
         from nucseg.viz.overlays import object_error_overlay, pixel_error_overlay, save_png
 
-        image = (batch["image"][i].detach().cpu().clamp(0, 1).numpy().transpose(1, 2, 0) * 255 + 0.5)
-        image = image.astype(np.uint8)
+        image = as_uint8_rgb(batch["image"][i])
         if self.level == "pixel":
             rgb = pixel_error_overlay(image, pred, batch["target"][i, 0].cpu().numpy() > 0.5, self.alpha)
         else:
-            from nucseg.instances.watershed import probs_to_instances
+            from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 
             pred_labels = probs_to_instances(probs.numpy(), **postprocess_settings(pl_module))
             rgb = object_error_overlay(image, pred_labels, batch["labels"][i].cpu().numpy(), self.iou_threshold,
                                        self.alpha)
-        save_png(self.output_dir / "overlays" / f"{_safe(rid)}.png", rgb)
-
-
-def _safe(name: str) -> str:
-    """A file name from an image id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120] or "image"
+        save_png(self.output_dir / "overlays" / f"{safe_filename(rid)}.png", rgb)

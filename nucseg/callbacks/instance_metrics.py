@@ -15,16 +15,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from nucseg.instances.watershed import probs_to_instances
+from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 from nucseg.metrics.dsb_score import DSBScore
 from nucseg.metrics.pixel import dice_score
 
 log = logging.getLogger(__name__)
-
-
-def postprocess_settings(pl_module: L.LightningModule) -> dict[str, Any]:
-    """The module's `postprocess` hyper-parameter as keyword arguments of `probs_to_instances`."""
-    return dict(pl_module.hparams.get("postprocess") or {})
 
 
 def untuned_settings(settings: dict[str, Any]) -> dict[str, Any] | None:

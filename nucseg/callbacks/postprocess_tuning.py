@@ -32,7 +32,8 @@ def validation_probabilities(pl_module: L.LightningModule, batches) -> tuple[lis
     pl_module.eval()
     try:
         for batch in batches:
-            p = torch.sigmoid(pl_module.predict_logits(batch["image"].to(pl_module.device))).float().cpu().numpy()
+            logits = pl_module.predict_logits(batch["image"].to(pl_module.device))  # type: ignore[operator]
+            p = torch.sigmoid(logits).float().cpu().numpy()
             for i in range(p.shape[0]):
                 if batch["labelled"][i]:
                     probs.append(p[i])

@@ -14,17 +14,18 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from nucseg.callbacks.wandb_images import to_uint8_hwc, wandb_experiments
-from nucseg.callbacks.wandb_uncertainty import center_crop
-from nucseg.data.datamodule import collate
+from nucseg.data.dataset import collate
 from nucseg.data.io import atomic_write_bytes, atomic_write_text
 from nucseg.metrics.pixel import dice_score
 from nucseg.uncertainty.sampling import eval_mode
+from nucseg.utils.run import wandb_experiments
+from nucseg.viz.images import as_uint8_rgb, center_crop
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,11 @@ class ProgressSnapshots(L.Callback):
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         probs, dices = [], []
         thr = float(getattr(pl_module, "threshold", 0.5))
-        with eval_mode(pl_module.net, mc_dropout=False):
+        module: Any = pl_module  # a SegmentationModule
+        with eval_mode(module.net, mc_dropout=False):
             for b in self._batches:
-                image = b["image"].to(pl_module.device)
-                p = torch.sigmoid(pl_module.predict_logits(image))[0, 0].float().cpu()
+                image = b["image"].to(module.device)
+                p = torch.sigmoid(module.predict_logits(image))[0, 0].float().cpu()
                 probs.append(p.numpy())
                 dices.append(float(dice_score(p > thr, b["target"][0, 0] > 0.5)) if b["labelled"][0] else None)
         self.snapshots.append((int(trainer.global_step), probs, dices))
@@ -121,7 +123,7 @@ class ProgressSnapshots(L.Callback):
     def _write(self, trainer: L.Trainer) -> None:
         from nucseg.viz.plots import figure_array, figure_png, progress_grid
 
-        images = [to_uint8_hwc(b["image"][0]) for b in self._batches]
+        images = [as_uint8_rgb(b["image"][0]) for b in self._batches]
         targets = [b["target"][0, 0].numpy() if b["labelled"][0] else None for b in self._batches]
         fig = progress_grid(images, targets, self.snapshots, names=[b["id"][0] for b in self._batches])
         out = self._out(trainer)

@@ -6,18 +6,8 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
-
-def wandb_experiments(trainer: L.Trainer) -> list:
-    """The `wandb.Run` objects of the trainer's WandbLoggers (empty when W&B is not used)."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-
-
-def to_uint8_hwc(image) -> np.ndarray:
-    """(3,H,W) float tensor in [0, 1] -> HxWx3 uint8."""
-    arr = image.detach().float().cpu().clamp(0, 1).numpy().transpose(1, 2, 0)
-    return (arr * 255 + 0.5).astype(np.uint8)
+from nucseg.utils.run import wandb_experiments
+from nucseg.viz.images import as_uint8_rgb
 
 
 class WandbSegmentationImages(L.Callback):
@@ -36,7 +26,7 @@ class WandbSegmentationImages(L.Callback):
             return
         import wandb
 
-        image = to_uint8_hwc(batch["image"][0])
+        image = as_uint8_rgb(batch["image"][0])
         pred = (outputs["probs"][0, 0] > self.threshold).cpu().numpy().astype(np.uint8)
         true = (batch["target"][0, 0] > 0.5).cpu().numpy().astype(np.uint8)
         step = max(1, int(np.ceil(max(image.shape[:2]) / self.max_side)))  # keep W&B payloads small

@@ -6,25 +6,18 @@ the image certainty and Dice in the caption. A no-op without a WandbLogger or wi
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from nucseg.callbacks.uncertainty import module_samples, module_settings
-from nucseg.callbacks.wandb_images import to_uint8_hwc, wandb_experiments
 from nucseg.metrics.pixel import dice_score
+from nucseg.uncertainty.estimate import HEATMAPS, module_samples, module_settings
 from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
+from nucseg.utils.run import wandb_experiments
+from nucseg.viz.images import as_uint8_rgb, center_crop
 
 log = logging.getLogger(__name__)
-
-
-def center_crop(batch: dict, max_side: int) -> dict:
-    """Crop image / target of a batch to at most `max_side` pixels a side, around the centre (keeps scale)."""
-    h, w = batch["image"].shape[-2:]
-    ch, cw = min(h, max_side), min(w, max_side)
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return {**batch, "image": batch["image"][..., y:y + ch, x:x + cw],
-            "target": batch["target"][..., y:y + ch, x:x + cw]}
 
 
 class WandbUncertaintyHeatmaps(L.Callback):
@@ -32,12 +25,12 @@ class WandbUncertaintyHeatmaps(L.Callback):
                  heatmap: str = "entropy", max_side: int = 384):
         """`samples` overrides `uncertainty.samples` for these previews (None: use it); images larger than
         `max_side` are centre-cropped to keep each validation epoch cheap."""
-        if heatmap not in ("entropy", "mutual_info", "variance"):
+        if heatmap not in HEATMAPS:
             raise ValueError(f"callbacks.wandb_uncertainty.heatmap: expected entropy, mutual_info or variance, "
                              f"got {heatmap!r}")
         self.num_images, self.samples, self.every_n_epochs = num_images, samples, max(1, every_n_epochs)
         self.heatmap, self.max_side = heatmap, max_side
-        self._settings = None
+        self._settings: dict[str, Any] | None = None
         self._active = False
         self._images: list = []
 
@@ -68,7 +61,7 @@ class WandbUncertaintyHeatmaps(L.Callback):
         true = crop["target"][0, 0].to(pred.device) > 0.5
         dice = float(dice_score(pred, true))
         caption = f"{batch['id'][0]} certainty {certainty:.3f} Dice {dice:.3f}"
-        fig = uncertainty_panel(to_uint8_hwc(crop["image"][0]), true.cpu().numpy(), pred.cpu().numpy(),
+        fig = uncertainty_panel(as_uint8_rgb(crop["image"][0]), true.cpu().numpy(), pred.cpu().numpy(),
                                 maps[self.heatmap][0].float().cpu().numpy(), self.heatmap,
                                 title=f"epoch {trainer.current_epoch}, step {trainer.global_step}: {caption}")
         self._images.append((figure_array(fig, dpi=80), caption))

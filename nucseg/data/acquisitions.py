@@ -19,13 +19,23 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from skimage.filters import threshold_otsu
 
 __all__ = ["ACQUISITION_THRESHOLD", "acquisition_features", "cluster_acquisitions", "grouped_split",
-           "dhash", "FEATURE_NAMES"]
+           "dhash", "FEATURE_NAMES", "imaging_type"]
 
 # distance at which average linkage stops merging (features are scaled so that 1 is a large difference);
 # chosen by looking at montages of the groups (experiments/split_leakage.py writes one)
 ACQUISITION_THRESHOLD = 0.5
 FEATURE_NAMES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "p5", "p50", "p95",
                  "log_object_area", "foreground_fraction", "log_height", "log_width")
+
+
+def imaging_type(rgb: np.ndarray) -> str:
+    """Classify an image as 'stained' (colour), 'brightfield' (gray, light background) or 'fluorescence'."""
+    a = rgb.astype(np.float32)
+    if np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean() > 2.0:
+        return "stained"
+    gray = a.mean(-1)
+    scale = 255.0 if rgb.dtype == np.uint8 else max(float(gray.max()), 1.0)
+    return "brightfield" if np.median(gray) / scale > 0.5 else "fluorescence"
 
 
 def acquisition_features(rgb: np.ndarray) -> list[float]:

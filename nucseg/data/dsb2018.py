@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.data.acquisitions import ACQUISITION_THRESHOLD, acquisition_features, cluster_acquisitions
+from nucseg.data.acquisitions import (
+    ACQUISITION_THRESHOLD,
+    acquisition_features,
+    cluster_acquisitions,
+    imaging_type,
+)
 from nucseg.data.io import (
     ImageReadError,
     atomic_write_text,
@@ -26,7 +31,7 @@ from nucseg.data.io import (
     read_raw,
     to_rgb,
 )
-from nucseg.data.source import Record, Source, load_json
+from nucseg.data.source import DataNotFoundError, Record, Source, load_json
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +45,6 @@ DSB2018_HELP = (
 
 
 INDEX_VERSION = 2  # 2: per-image acquisition statistics
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The data root is missing or holds no usable samples; the message says where we looked and what to do."""
-
-
-def imaging_type(rgb: np.ndarray) -> str:
-    """Classify an image as 'stained' (colour), 'brightfield' (gray, light background) or 'fluorescence'."""
-    a = rgb.astype(np.float32)
-    if np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean() > 2.0:
-        return "stained"
-    gray = a.mean(-1)
-    scale = 255.0 if rgb.dtype == np.uint8 else max(float(gray.max()), 1.0)
-    return "brightfield" if np.median(gray) / scale > 0.5 else "fluorescence"
 
 
 def merge_masks(mask_paths: list[Path], shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -117,7 +108,8 @@ class DSB2018Source(Source):
         d = self.root / record_id / "masks"
         if not d.is_dir():
             return []
-        paths, stray = [], []
+        paths: list[Path] = []
+        stray: list[Path] = []
         for p in sorted(d.iterdir()):
             (paths if is_image_file(p) else stray).append(p)
         if stray and d not in self._warned:  # once per folder: fingerprint() lists masks on every load

@@ -26,7 +26,7 @@ import numpy as np
 from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential
 
-from nucseg.data.dsb2018 import DataNotFoundError, imaging_type
+from nucseg.data.acquisitions import imaging_type
 from nucseg.data.io import (
     ImageReadError,
     atomic_write_text,
@@ -35,7 +35,7 @@ from nucseg.data.io import (
     read_image,
     read_mask,
 )
-from nucseg.data.source import Record, Source, load_json
+from nucseg.data.source import DataNotFoundError, Record, Source, load_json
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,14 @@ class FolderSource(Source):
         self.images = self._list(self.image_dir, "image")
         if not self.images:
             raise DataNotFoundError(f"{self.image_dir} holds no image files. {FOLDER_HELP}")
-        masks = self._list(self.mask_dir, "mask") if self.mask_dir.is_dir() else {}
+        found = self._list(self.mask_dir, "mask") if self.mask_dir.is_dir() else {}
         if mask_suffix:
-            masks = {k[: -len(mask_suffix)]: v for k, v in masks.items() if k.endswith(mask_suffix)}
-        self.masks = {k: v for k, v in masks.items() if k in self.images}
-        orphans = sorted(set(masks) - set(self.images))
+            found = {k[: -len(mask_suffix)]: v for k, v in found.items() if k.endswith(mask_suffix)}
+        self.masks = {k: v for k, v in found.items() if k in self.images}
+        orphans = sorted(set(found) - set(self.images))
         if orphans:
             log.warning("%s: ignored %d mask(s) without an image in %s: %s", self.mask_dir, len(orphans),
-                        self.image_dir, [masks[o].name for o in orphans[:5]])
+                        self.image_dir, [found[o].name for o in orphans[:5]])
         lossy = [p.name for p in self.masks.values() if p.suffix.lower() in LOSSY_SUFFIXES]
         if lossy:
             raise ImageReadError(f"{self.mask_dir}: masks must be lossless (PNG or TIFF); JPEG compression "
@@ -99,7 +99,7 @@ class FolderSource(Source):
         if unmatched:
             names = [self.images[u].name for u in unmatched[:5]]
             where = (f"{self.mask_dir} does not exist" if not self.mask_dir.is_dir()
-                     else f"{self.mask_dir} is empty" if not masks
+                     else f"{self.mask_dir} is empty" if not found
                      else f"{len(unmatched)} of {len(self.images)} images have no mask in {self.mask_dir}")
             if unlabelled == "error":
                 raise DataNotFoundError(
@@ -109,7 +109,8 @@ class FolderSource(Source):
                 )
             log.warning("%s: %d image(s) without a mask are used for prediction only (data.source.unlabelled="
                         "predict): %s", self.image_dir, len(unmatched), names)
-        key = f"{self.root.resolve()}|{images}|{masks}|{mask_suffix}|{mask_type}"
+        # the mask files found (not the folder name) are part of the key, as before the rename to `found`
+        key = f"{self.root.resolve()}|{images}|{found}|{mask_suffix}|{mask_type}"
         self.name = f"folder-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
     @staticmethod

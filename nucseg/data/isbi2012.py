@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import label as connected_components
 
-from nucseg.data.dsb2018 import DataNotFoundError
 from nucseg.data.io import ImageReadError, is_image_file, normalize, probe_image, read_mask, read_raw, to_rgb
-from nucseg.data.source import Record, Source
+from nucseg.data.source import DataNotFoundError, Record, Source
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,6 @@ class ISBI2012Source(Source):
             raise DataNotFoundError(f"ISBI 2012 data not found: looked for the directory {self.root}. {ISBI_HELP}")
         # each entry: record id -> (image file, slice index or None, label file or None, label slice or None)
         self._items: dict[str, tuple[Path, int | None, Path | None, int | None]] = {}
-        self._split_of: dict[str, str] = {}
         if (self.root / "train" / "images").is_dir():
             self.layout = "png"
             self._scan_png()

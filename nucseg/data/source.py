@@ -1,7 +1,7 @@
 """What every dataset provides: a list of labelled records, and a way to load one as (image, instance labels).
 
 Sources (DSB2018, ISBI-2012, a user's folder) differ only in file layout; everything after loading — caching,
-splitting, augmentation, batching — is shared (`nucseg.data.datamodule`).
+splitting, augmentation, batching — is shared (`nucseg.data.datamodule`, `splits`, `dataset`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ import numpy as np
 from nucseg.data.io import atomic_save_npz
 
 log = logging.getLogger(__name__)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data root is missing or holds no usable samples; the message says where we looked and what to do."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,6 @@ class Source:
     def location(self, record_id: str) -> str:
         """Where a record's files are, for error messages."""
         return record_id
-
-    def describe(self) -> dict:
-        return {"name": self.name}
 
 
 class CachedSource:

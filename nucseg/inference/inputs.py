@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from nucseg.data.dsb2018 import DataNotFoundError
 from nucseg.data.io import IMAGE_SUFFIXES, is_image_file
+from nucseg.data.source import DataNotFoundError
 
 __all__ = ["OUTPUT_SUFFIXES", "list_inputs", "require_images", "unique_stems"]
 
@@ -25,7 +25,8 @@ def list_inputs(path: str | Path, recursive: bool = False, output: str | Path | 
     if not path.is_dir():
         raise DataNotFoundError(f"input: no such file or directory: {path}")
     out_dir = Path(output).resolve() if output else None
-    images, skipped = [], []
+    images: list[Path] = []
+    skipped: list[Path] = []
     for f in sorted(path.rglob("*") if recursive else path.iterdir()):
         if not f.is_file() or any(part.startswith(".") for part in f.relative_to(path).parts):
             continue  # hidden files and folders (.DS_Store, .hydra/)

@@ -203,7 +203,8 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)[None]
         x = x.to(self.device)
         if self.method == "none":
-            fn = self._probs_fn if not self.tta else (lambda t: tta_mean(self._probs_fn, t, self.tta))
+            ops: Any = self.tta  # "flips", "all" or a list of op names
+            fn = self._probs_fn if not ops else (lambda t: tta_mean(self._probs_fn, t, ops))
             return self._window(fn, x), None
         samples = self._window_samples(x)
         return samples.mean(0), samples
@@ -223,7 +224,8 @@ class Predictor:
             for tile in tiles.split(1):
                 s = sample_probs(self.module.net, tile, u["method"], int(u.get("samples") or 1),
                                  seed=u.get("seed"), models=self.members, batch_size=u.get("batch_size"),
-                                 tta_ops=u.get("tta_ops") or "all")  # (T, 1, K, h, w)
+                                 tta_ops=u.get("tta_ops") or "all",
+                                 pad_multiple=int(self.module.pad_multiple))  # (T, 1, K, h, w)
                 shape["T"], shape["K"] = s.shape[0], s.shape[2]
                 outs.append(s.transpose(0, 1).reshape(1, -1, *s.shape[-2:]))
             return torch.cat(outs)

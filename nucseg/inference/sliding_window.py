@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
+
+from nucseg.models.padding import pad_to
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
@@ -45,15 +46,6 @@ def blend_weights(h: int, w: int, blend: str = "gaussian", sigma_scale: float = 
     return torch.outer(gauss(h), gauss(w)).float()
 
 
-def _pad_to(x: Tensor, h: int, w: int) -> Tensor:
-    """Pad (B,C,H,W) on the bottom/right to (h, w): reflect where possible, replicate otherwise."""
-    ph, pw = h - x.shape[-2], w - x.shape[-1]
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
 @torch.no_grad()
 def sliding_window_inference(
     fn: Callable[[Tensor], Tensor],
@@ -83,7 +75,7 @@ def sliding_window_inference(
     # sides that fit in a tile are padded to the network's stride; longer sides are tiled without padding
     hp = h if h > tile else -(-h // pad_multiple) * pad_multiple
     wp = w if w > tile else -(-w // pad_multiple) * pad_multiple
-    padded = _pad_to(image, hp, wp)
+    padded = pad_to(image, hp, wp)
     th, tw = min(tile, hp), min(tile, wp)
     ys, xs = tile_starts(hp, th, overlap), tile_starts(wp, tw, overlap)
 

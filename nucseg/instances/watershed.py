@@ -71,6 +71,11 @@ def _seeded_watershed(probs: np.ndarray, threshold: float, contour_threshold: fl
     return labels
 
 
+def postprocess_settings(pl_module: Any) -> dict[str, Any]:
+    """A module's `postprocess` hyper-parameter as keyword arguments of `probs_to_instances`."""
+    return dict(pl_module.hparams.get("postprocess") or {})
+
+
 def probs_to_instances(
     probs: np.ndarray,
     method: str = "auto",

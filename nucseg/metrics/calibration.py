@@ -41,6 +41,10 @@ class CalibrationError(Metric):
     higher_is_better = False
     is_differentiable = False
 
+    count: Tensor
+    prob_sum: Tensor
+    pos_sum: Tensor
+
     def __init__(self, n_bins: int = 15, **kwargs):
         super().__init__(**kwargs)
         if int(n_bins) < 1:

@@ -148,6 +148,7 @@ class DSBScore(Metric):
     higher_is_better = True
     is_differentiable = False
     SCORES = ("dsb_score", "ap50", "count_error")
+    n_images: Tensor
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -12,10 +12,11 @@ from torchmetrics import Metric
 
 
 def dice_score(pred: Tensor, target: Tensor) -> Tensor:
-    """2|P∩T| / (|P|+|T|) of two binary masks; 1 when both are empty."""
+    """2|P∩T| / (|P|+|T|) of two binary masks (H, W), or of stacks of them (..., H, W) mask by mask; 1 where
+    both are empty."""
     pred, target = pred.bool(), target.bool()
-    inter = (pred & target).sum().float()
-    total = pred.sum().float() + target.sum().float()
+    inter = (pred & target).sum((-2, -1)).float()
+    total = pred.sum((-2, -1)).float() + target.sum((-2, -1)).float()
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
 
 
@@ -31,6 +32,8 @@ class _MeanPerImage(Metric):
     full_state_update = False
     higher_is_better = True
     fn = staticmethod(dice_score)
+    total: Tensor
+    count: Tensor
 
     def __init__(self, threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
@@ -72,6 +75,9 @@ class BinnedAUROC(Metric):
 
     full_state_update = False
     higher_is_better = True
+
+    pos: Tensor
+    neg: Tensor
 
     def __init__(self, bins: int = 200, **kwargs):
         super().__init__(**kwargs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -29,7 +30,7 @@ class MCDropout2d(nn.Module):
 
 
 def _decoder_blocks(net: nn.Module) -> list[nn.Module]:
-    dec = net.decoder
+    dec: Any = net.decoder
     if hasattr(dec, "blocks"):
         blocks = dec.blocks
         return list(blocks.values()) if isinstance(blocks, nn.ModuleDict) else list(blocks)
@@ -37,7 +38,7 @@ def _decoder_blocks(net: nn.Module) -> list[nn.Module]:
 
 
 def _encoder_stages(net: nn.Module) -> list[nn.Module]:
-    enc = net.encoder
+    enc: Any = net.encoder
     names = [n for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(enc, n)]
     if names:
         return [getattr(enc, n) for n in names]
@@ -58,7 +59,7 @@ def add_mc_dropout(net: nn.Module, rate: float = 0.2, where: str = "decoder") ->
         drop = MCDropout2d(rate)
         drops.append(drop)
         module.register_forward_hook(lambda _m, _inp, out, d=drop: d(out))
-        module._mc_dropout_index = i  # type: ignore[attr-defined]
+        setattr(module, "_mc_dropout_index", i)  # noqa: B010 (read back by position)
     net.mc_dropouts = drops  # registered as a submodule: state_dict-free (no parameters)
     net.mc_dropout_where = where  # type: ignore[assignment]
     return net

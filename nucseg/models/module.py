@@ -16,24 +16,14 @@ import hydra
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
 from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
 from nucseg.models.mc_dropout import mc_dropout_enabled
+from nucseg.models.padding import pad_to_multiple
 from nucseg.utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
-
-
-def pad_to_multiple(x: Tensor, multiple: int = 32) -> tuple[Tensor, tuple[int, int]]:
-    """Reflect-pad (B,C,H,W) on the bottom/right to a multiple of `multiple`; return the original (H, W)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
 
 
 class SegmentationModule(L.LightningModule):
@@ -96,6 +86,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         logits = self.net(batch["image"])
         self._check_targets(logits, batch["target"])
+        assert self.criterion is not None, "training needs a loss (cfg.loss)"
         loss = self.criterion(logits, batch["target"])
         self.train_loss(loss.detach())
         # not on the progress bar: Lightning turns progress-bar values into Python numbers after every batch,
@@ -125,9 +116,6 @@ class SegmentationModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         return self._eval_step(batch, "test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return torch.sigmoid(self.predict_logits(batch["image"]))
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:

@@ -12,6 +12,8 @@ one interface (`sample_probs`):
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import glob
 import logging
 from collections.abc import Iterator, Sequence
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from nucseg.inference.tta import get_ops
 from nucseg.models.mc_dropout import has_mc_dropout, mc_dropout_enabled
-from nucseg.models.module import pad_to_multiple
+from nucseg.models.padding import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,6 @@ METHODS = ("mc_dropout", "tta", "ensemble")
 # big batches fill the device (activations of the decoder at full resolution bound memory); on a CPU big
 # batches only thrash the caches: experiments/bench_mc_sampling.py measured one 256x256 copy per pass fastest.
 PIXEL_BUDGET = {"cpu": 2**16, "cuda": 2**23}
-# pad to this multiple before the network (any smp encoder depth <= 5 divides it); outputs are cropped back
-PAD_MULTIPLE = 32
 
 
 @contextlib.contextmanager
@@ -105,15 +105,16 @@ def encoder_once_passes(net: nn.Module, x: Tensor, samples: int, batch_size: int
     if not encoder_once_supported(net):
         raise ValueError("encoder-once sampling needs an smp model with MC dropout in the decoder only "
                          "(model.mc_dropout.where=decoder)")
+    smp: Any = net  # an smp model: encoder, decoder, segmentation_head
     b = x.shape[0]
     total = samples * b
-    features = net.encoder(x)
+    features = smp.encoder(x)
     size = chunk_size(total, x.shape[-2], x.shape[-1], x.device, batch_size)
     outs = []
     for idx in _chunks(total, size):
         rows = (idx % b).to(x.device)
         feats = [f.index_select(0, rows) for f in features]
-        outs.append(torch.sigmoid(net.segmentation_head(net.decoder(feats))))
+        outs.append(torch.sigmoid(smp.segmentation_head(smp.decoder(feats))))
     out = torch.cat(outs)
     return out.view(samples, b, *out.shape[1:])
 
@@ -128,6 +129,7 @@ def sample_probs(
     models: list | None = None,
     batch_size: int | None = None,
     tta_ops: Sequence[str] | str = "all",
+    pad_multiple: int = 32,
 ) -> Tensor:
     """Sigmoid probabilities (T,B,K,H,W) of `x` (B,C,H,W) at its own size, `T` samples per image.
 
@@ -135,13 +137,14 @@ def sample_probs(
     of `models` (then `net` is not used and may be None). `seed` fixes the dropout masks (the caller's RNG
     state is left as it was): the same seed, `batch_size` and device give the same samples; another chunking
     draws other (equally valid) masks. `batch_size` caps the image copies per forward pass (None: a pixel budget).
-    Networks run in eval mode; inputs are reflect-padded to a multiple of 32 and the outputs cropped back.
+    Networks run in eval mode; inputs are reflect-padded to a multiple of `pad_multiple` (the module's
+    `pad_multiple`: its encoder's stride) and the outputs cropped back.
     """
     if x.ndim != 4:
         raise ValueError(f"sample_probs: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
     if method not in METHODS:
         raise ValueError(f"uncertainty.method: expected one of {', '.join(METHODS)}, got {method!r}")
-    padded, (h, w) = pad_to_multiple(x, PAD_MULTIPLE)
+    padded, (h, w) = pad_to_multiple(x, pad_multiple)
     with seeded(seed, x.device):
         if method == "mc_dropout":
             out = _mc_dropout(net, padded, samples, batch_size)
@@ -195,21 +198,40 @@ def _chunked_forward(net: nn.Module, x: Tensor, batch_size: int | None) -> Tenso
 
 
 # --------------------------------------------------------------------------- configuration
-DEFAULTS: dict[str, Any] = {
-    "method": "none", "samples": 20, "seed": 0, "batch_size": None, "tta_ops": "all", "checkpoints": [],
-    "include_self": True, "failure_dice": 0.7, "review_threshold": "auto", "ece_bins": 15,
-    "min_val_failures": 5, "review_budget": 0.1,
-}
+def method_defaults(method: str) -> dict[str, Any]:
+    """The default settings of an uncertainty method: `conf/uncertainty/_base.yaml` merged with
+    `conf/uncertainty/<method>.yaml`, the one home of these defaults (empty when nucseg runs without its
+    source tree's `conf/`; checkpoints written by `nucseg.train` carry every setting)."""
+    return copy.deepcopy(_method_defaults(method))
+
+
+@functools.cache
+def _method_defaults(method: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from nucseg.utils.config import PROJECT_ROOT
+
+    folder = PROJECT_ROOT / "conf" / "uncertainty"
+    merged: dict[str, Any] = {}
+    for name in ("_base", method):
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            log.debug("no %s: uncertainty defaults come from the checkpoint alone", path)
+            return {}
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        assert isinstance(node, dict)
+        merged.update({str(k): v for k, v in node.items() if k != "defaults"})
+    return merged
 
 
 def resolve_settings(cfg: dict[str, Any] | None, net: nn.Module) -> dict[str, Any] | None:
-    """The effective uncertainty settings for `net`, or None when there is nothing to estimate.
+    """The effective uncertainty settings for `net`, or None when there is nothing to estimate: `cfg` over
+    the method's defaults (`method_defaults`), so settings stored before a key existed still resolve.
 
     A model with MC dropout is evaluated with it even when `uncertainty.method` was left at `none` (its
     dropout is on at inference anyway); `mc_dropout` on a model without MC dropout is a configuration error.
     """
-    settings = {**DEFAULTS, **dict(cfg or {})}
-    method = settings["method"] or "none"
+    method = dict(cfg or {}).get("method") or "none"
     if method == "none":
         if not has_mc_dropout(net):
             return None
@@ -221,10 +243,11 @@ def resolve_settings(cfg: dict[str, Any] | None, net: nn.Module) -> dict[str, An
         raise ValueError("uncertainty.method=mc_dropout, but the model has no MC dropout: use model=bayes_unet "
                          "or add a model.mc_dropout block ({rate: 0.2, where: decoder}), or choose "
                          "uncertainty.method=tta|ensemble")
-    rt = settings["review_threshold"]
+    settings = {**method_defaults(method), **dict(cfg or {})}
+    rt = settings.get("review_threshold")
     if not (rt == "auto" or isinstance(rt, int | float)):
         raise ValueError(f"uncertainty.review_threshold: expected 'auto' or a number in [0, 1], got {rt!r}")
-    budget = settings["review_budget"]
+    budget = settings.get("review_budget")
     if not (isinstance(budget, int | float) and 0.0 <= budget <= 1.0):
         raise ValueError(f"uncertainty.review_budget: expected a fraction in [0, 1], got {budget!r}")
     settings["method"] = method

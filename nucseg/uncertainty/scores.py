@@ -22,6 +22,8 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from nucseg.metrics.pixel import dice_score
+
 log = logging.getLogger(__name__)
 
 
@@ -56,19 +58,12 @@ def pixel_uncertainty(samples: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _dice_batch(a: Tensor, b: Tensor) -> Tensor:
-    """Dice over the last two axes of boolean masks; 1 where both are empty."""
-    inter = (a & b).sum((-2, -1)).float()
-    total = a.sum((-2, -1)).float() + b.sum((-2, -1)).float()
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
-
-
 def image_certainty(samples: Tensor, threshold: float = 0.5) -> Tensor:
     """(B,): mean over the T samples of Dice(sample mask, mask of the mean probability), in [0, 1]."""
     p = _foreground(samples)
     masks = p > threshold
     mean_mask = p.mean(0) > threshold
-    return _dice_batch(masks, mean_mask.expand_as(masks)).mean(0)
+    return dice_score(masks, mean_mask.expand_as(masks)).mean(0)
 
 
 def image_scores(samples: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:

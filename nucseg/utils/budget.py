@@ -86,7 +86,8 @@ def plan_schedule(available_s: float, step_s: float, val_s: float, test_s: float
     epochs_possible = steps // steps_per_epoch
     if epochs_possible < 1:
         raise ConfigError(
-            f"budget: {available_s / 60:.1f} minutes left after setup leave no time for one epoch of {steps_per_epoch} steps "
+            f"budget: {available_s / 60:.1f} minutes left after setup leave no time for one epoch of "
+            f"{steps_per_epoch} steps "
             f"({step_s:.2f} s/step measured, {validations} validations of {val_s:.0f} s and a test of "
             f"{test_s:.0f} s): raise budget.minutes or lower data.samples_per_epoch")
     if epochs_possible < validations:
@@ -148,7 +149,7 @@ def _time_eval(module: Any, datamodule: Any, n_images: int, samples: int) -> tup
         trial += time.perf_counter() - t
         if samples and has_mc_dropout(module.net):
             t = time.perf_counter()
-            sample_probs(module.net, x, "mc_dropout", samples=samples, seed=0)
+            sample_probs(module.net, x, "mc_dropout", samples=samples, seed=0, pad_multiple=int(module.pad_multiple))
             mc += time.perf_counter() - t
     module.train()
     k = max(len(picks), 1)

@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 
 def user_error(exc: BaseException) -> BaseException | None:
     """The first exception in the cause/context chain that is a user-fixable nucseg error, if any."""
-    from nucseg.data.dsb2018 import DataNotFoundError
     from nucseg.data.io import ImageReadError
+    from nucseg.data.source import DataNotFoundError
 
     seen = set()
     cur: BaseException | None = exc

@@ -22,7 +22,7 @@ def _entries(cfg: DictConfig | None, key: str) -> list[tuple[str, DictConfig]]:
         if conf is None:
             continue
         if not isinstance(conf, DictConfig) or "_target_" not in conf:
-            raise ValueError(f"{key}.{name}: expected a config with a `_target_` entry")
+            raise ValueError(f"{key}.{name!s}: expected a config with a `_target_` entry")
         out.append((str(name), conf))
     return out
 

@@ -5,10 +5,8 @@ file, and keep one W&B run id per output directory so a resumed run continues th
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import string
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
-from nucseg.data.io import atomic_write_text
+from nucseg.data.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +26,7 @@ WANDB_ID_FILE = "wandb_id.txt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` into a temporary file beside the target, fsync, then `os.replace`.
+    """`torch.save` through `nucseg.data.io.atomic_write`: a temporary file beside the target, fsync, rename.
 
     Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temp
     directory; when that is another file system than the run directory (node-local /tmp, network output
@@ -41,18 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
         if "://" in str(path) and not str(path).startswith("file://"):
             return super().save_checkpoint(checkpoint, path)
-        path = Path(str(path).removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(str(path).removeprefix("file://"), lambda f: torch.save(checkpoint, f))
 
 
 def remove_stale_temporaries(ckpt_dir: Path) -> None:
@@ -123,7 +110,7 @@ def wandb_run_id(output_dir: str | Path) -> str | None:
         run_id = path.read_text().strip()
         if run_id:
             return run_id
-    if rank_zero_only.rank != 0:
+    if getattr(rank_zero_only, "rank", 0) != 0:
         return None
     alphabet = string.ascii_lowercase + string.digits  # the form of W&B's own run ids
     run_id = "".join(secrets.choice(alphabet) for _ in range(8))

@@ -31,6 +31,13 @@ def to_float_dict(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def wandb_experiments(trainer: Any) -> list:
+    """The `wandb.Run` objects of the trainer's WandbLoggers (empty when W&B is not used)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
     """Write metrics as JSON atomically; NaN becomes null so the file stays valid JSON."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
@@ -73,7 +80,7 @@ def hydra_job_for_ddp() -> Iterator[None]:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or "LOCAL_RANK" in os.environ:
         yield
         return
-    hc = HydraConfig.get()
+    hc: Any = HydraConfig.get()  # a DictConfig at run time (typed as the HydraConf dataclass)
     saved_argv, saved_dir = list(sys.argv), hc.run.dir
     saved_env = {k: os.environ.get(k) for k in _DIST_ENV}
     sys.argv = [sys.argv[0], *hc.overrides.task, "hydra.mode=RUN"]

@@ -14,21 +14,10 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from nucseg.data.io import atomic_write_bytes
+from nucseg.viz.images import as_uint8_rgb
 
 YELLOW, GREEN, RED = (255, 255, 0), (0, 255, 0), (255, 0, 0)
 TP_COLOR, FP_COLOR, FN_COLOR = YELLOW, GREEN, RED
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """HxW or HxWxC (uint8, or float in [0, 1]) -> HxWx3 uint8."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = (np.clip(img.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if img.ndim == 2:
-        img = img[..., None]
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    return np.ascontiguousarray(img[..., :3])
 
 
 def _paint(out: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], alpha: float) -> None:
@@ -40,7 +29,7 @@ def _paint(out: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], alpha
 
 def outline_overlay(image: np.ndarray, labels: np.ndarray, color: tuple[int, int, int] = YELLOW) -> np.ndarray:
     """The image with each nucleus' inner boundary drawn in `color` (neighbouring nuclei stay separate)."""
-    out = _rgb(image).copy()
+    out = as_uint8_rgb(image).copy()
     out[find_boundaries(labels, mode="inner")] = color
     return out
 
@@ -48,7 +37,7 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, color: tuple[int, int
 def pixel_error_overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Pixel level: foreground in both yellow (TP), predicted only green (FP), true only red (FN)."""
     pred, true = np.asarray(pred) > 0, np.asarray(true) > 0
-    out = _rgb(image).copy()
+    out = as_uint8_rgb(image).copy()
     _paint(out, pred & true, TP_COLOR, alpha)
     _paint(out, pred & ~true, FP_COLOR, alpha)
     _paint(out, ~pred & true, FN_COLOR, alpha)
@@ -78,7 +67,7 @@ def object_error_overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray, 
     fn = (true > 0) & ~np.isin(true, list(tp_t))
     tp = (pred > 0) & np.isin(pred, list(tp_p))
     fp = (pred > 0) & ~tp
-    out = _rgb(image).copy()
+    out = as_uint8_rgb(image).copy()
     for mask, labels, color in ((fn, true, FN_COLOR), (tp, pred, TP_COLOR), (fp, pred, FP_COLOR)):
         _paint(out, mask, color, alpha)
         out[find_boundaries(np.where(mask, labels, 0), mode="inner")] = color
@@ -90,5 +79,5 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(_rgb(rgb)).save(buf, format="PNG")
+    Image.fromarray(as_uint8_rgb(rgb)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

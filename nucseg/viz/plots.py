@@ -8,12 +8,16 @@ bytes or RGB arrays, ready for `atomic_write_bytes` or `wandb.Image`.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from nucseg.viz.images import as_uint8_rgb, to_uint8
 
 # blue (low) -> cyan -> yellow -> red (high)
 HEAT_CMAP = "jet"
@@ -21,21 +25,11 @@ HEAT_CMAP = "jet"
 MAP_RANGE = {"entropy": 1.0, "mutual_info": 1.0, "variance": 0.25}
 
 
-def as_uint8_rgb(image: np.ndarray) -> np.ndarray:
-    """HxW or HxWx3, float in [0, 1] or uint8 -> HxWx3 uint8."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    return img
-
-
 def heat_colors(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """HxW values -> HxWx3 uint8 colours of HEAT_CMAP on a fixed [vmin, vmax] scale."""
     norm = Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-12, clip=True)
     rgba = colormaps[HEAT_CMAP](norm(np.asarray(values, dtype=np.float64)))
-    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+    return to_uint8(rgba[..., :3])
 
 
 def overlay_heatmap(image: np.ndarray, values: np.ndarray, vmax: float = 1.0, alpha: float = 0.6) -> np.ndarray:
@@ -64,7 +58,7 @@ def figure_array(fig: Figure, dpi: int = 100) -> np.ndarray:
     """RGB uint8 array of a rendered figure."""
     from matplotlib.image import imread
 
-    return (imread(io.BytesIO(figure_png(fig, dpi)), format="png")[..., :3] * 255 + 0.5).astype(np.uint8)
+    return to_uint8(imread(io.BytesIO(figure_png(fig, dpi)), format="png")[..., :3])
 
 
 def pad_to_common_size(arrays: Sequence[np.ndarray], fill: int = 255) -> list[np.ndarray]:
@@ -99,6 +93,20 @@ def uncertainty_panel(image: np.ndarray, target: np.ndarray | None, pred: np.nda
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def row_panel(image: Any, pred: Any, heat: Any, true: Any, map_name: str, row: dict) -> Figure:
+    """`uncertainty_panel` of one test image (tensors accepted) titled with the per-image row of the
+    uncertainty evaluation: id, certainty, Dice of the mean prediction and NEEDS REVIEW when flagged."""
+    return uncertainty_panel(as_uint8_rgb(image), None if true is None else true.cpu().numpy(),
+                             pred.cpu().numpy(), heat.float().cpu().numpy(), map_name, title=row_title(row))
+
+
+def row_title(row: dict) -> str:
+    """"<id>  certainty 0.912  Dice 0.850  NEEDS REVIEW" (Dice only when labelled, the flag only when set)."""
+    return (f"{row['id'][:24]}  certainty {row['certainty']:.3f}"
+            + ("" if math.isnan(row["dice_mc"]) else f"  Dice {row['dice_mc']:.3f}")
+            + ("  NEEDS REVIEW" if row.get("needs_review") else ""))
 
 
 def _scalar_mappable(vmax: float):
@@ -144,7 +152,7 @@ def progress_grid(images: Sequence[np.ndarray], targets: Sequence[np.ndarray | N
     fig = Figure(figsize=(1.9 * n_cols, 1.9 * n_rows + 0.4))
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
     for r, img in enumerate(images):
-        row = [("image", as_uint8_rgb(img), None)]
+        row: list[tuple[str, np.ndarray, str | None]] = [("image", as_uint8_rgb(img), None)]
         tgt = targets[r]
         row.append(("ground truth", np.zeros(img.shape[:2]) if tgt is None else np.asarray(tgt, float), "gray"))
         for step, probs, dices in snapshots:
