@@ -25,6 +25,7 @@ import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.inference.inputs import list_inputs, require_images, unique_stems
 from nucseg.inference.predictor import Predictor
 from nucseg.inference.writers import submission_rows, write_image_outputs, write_tables
+from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,10 @@ def _progress(enabled: bool):
 
 
 def run_predict(cfg: DictConfig) -> PredictReport:
-    """Predict every image under `cfg.input` into `cfg.output`; per-file failures are recorded, not raised."""
+    """Predict every image under `cfg.input` into `cfg.output`; per-file failures are recorded, not raised.
+
+    Bad settings and a missing checkpoint or input raise ConfigError before any work."""
+    check_config(cfg, "predict")
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, skipped = list_inputs(cfg.input, recursive=bool(cfg.get("recursive", False)), output=out_dir)

@@ -1,6 +1,6 @@
 """Checkpoints from elsewhere: code named by a `_target_`, pickled code, weights that do not fit, files that are
 not checkpoints. Each is refused with one CheckpointError line (library) or one line and exit 2 (CLI), and no
-code from the file runs. The checkpoints are crafted: a 1x1 convolution is a complete, valid nucseg network."""
+code from the file runs. The checkpoints are crafted (`conftest.save_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -12,28 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT_ROOT
+from conftest import CONV_NET as CONV
+from conftest import PROJECT_ROOT, save_checkpoint
 from PIL import Image
 from torch import nn
 
 from nucseg.models.module import load_module
 from nucseg.models.targets import disallowed_entries, find_targets, is_allowed_target
 from nucseg.utils.errors import CheckpointError
-
-CONV = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 1, "kernel_size": 1}
-
-
-def save_checkpoint(path: Path, net: dict | object = CONV, state_dict: dict | None = None, **hparams) -> Path:
-    """A checkpoint as nucseg writes it: hyper_parameters (net, ...) and a state_dict (the conv's by default)."""
-    if state_dict is None:
-        state_dict = {f"net.{k}": v for k, v in nn.Conv2d(3, 1, 1).state_dict().items()}
-    torch.save({"state_dict": state_dict, "hyper_parameters": {"net": net, **hparams}}, path)
-    return path
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    """A valid checkpoint (1x1 conv network) for tests of everything around the model."""
-    return save_checkpoint(path)
 
 
 class RunsCode:
@@ -99,7 +85,7 @@ def test_allow_list_accepts_nucseg_smp_and_torch_nn_classes_only():
 
 
 def test_valid_crafted_checkpoint_loads(tmp_path):
-    module = load_module(tiny_checkpoint(tmp_path / "ok.ckpt"))
+    module = load_module(save_checkpoint(tmp_path / "ok.ckpt"))
     assert isinstance(module.net, nn.Conv2d) and not module.training
 
 
