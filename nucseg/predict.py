@@ -3,10 +3,11 @@ in new images of any size and bit depth, with a checkpoint alone.
 
 Per image: `<stem>_labels.tif` (instance labels, uint16 or uint32; Fiji/napari read them), `<stem>_prob.tif`
 (float32 foreground probability), `<stem>_overlay.png` (nucleus outlines), and for models with an uncertainty
-method `<stem>_uncertainty.tif` (per-pixel maps). Per run: `summary.csv` (one row per image, with the certainty,
-a needs_review flag, the count of NaN / inf pixels and a warning for constant images), `nuclei.csv` (one row per nucleus), `errors.csv` (inputs that could not be read or
-processed, by name), and with `rle=true` a Kaggle `submission.csv`. A bad file does not stop the run; the exit
-status is non-zero only when no image could be processed. The engine is `nucseg.Predictor`.
+method `<stem>_uncertainty.tif` (per-pixel maps). Per run: `summary.csv` (one row per image, with the
+certainty, a needs_review flag, the count of NaN / inf pixels and a warning for constant images), `nuclei.csv`
+(one row per nucleus), `errors.csv` (inputs that could not be read or processed, by name), and with `rle=true`
+a Kaggle `submission.csv`. A bad file does not stop the run; the exit status is non-zero only when no image
+could be processed; bad settings stop it before any work (exit status 2). The engine is `nucseg.Predictor`.
 """
 
 from __future__ import annotations
