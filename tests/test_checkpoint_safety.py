@@ -47,6 +47,13 @@ def bad_checkpoints(d: Path, marker: Path) -> dict[str, tuple[Path, str]]:
         "builtins.eval": (save_checkpoint(d / "eval.ckpt", CONV, loss={
             "_target_": "builtins.eval", "_args_": [f"open({str(marker)!r}, 'w')"]}),
             "hyper_parameters.loss._target_='builtins.eval'"),
+        # not on Hydra's own block-list: these ran before nucseg had its allow-list
+        "builtins.open": (save_checkpoint(d / "open.ckpt", CONV, loss={
+            "_target_": "builtins.open", "_args_": [str(marker), "w"]}),
+            "hyper_parameters.loss._target_='builtins.open' is not an allowed target"),
+        "shutil.copy": (save_checkpoint(d / "copy.ckpt", CONV, loss={
+            "_target_": "shutil.copy", "_args_": [__file__, str(marker)]}),
+            "hyper_parameters.loss._target_='shutil.copy' is not an allowed target"),
         "nested": (save_checkpoint(d / "nested.ckpt", {**CONV, "padding_mode": {
             "_target_": "subprocess.run", "args": ["touch", str(marker)]}}),
             "hyper_parameters.net.padding_mode._target_='subprocess.run'"),
@@ -89,8 +96,8 @@ def test_valid_crafted_checkpoint_loads(tmp_path):
     assert isinstance(module.net, nn.Conv2d) and not module.training
 
 
-@pytest.mark.parametrize("case", ["os.system", "builtins.eval", "nested", "alias", "interpolation", "reduce hook",
-                                  "text file", "image", "weights"])
+@pytest.mark.parametrize("case", ["os.system", "builtins.eval", "builtins.open", "shutil.copy", "nested", "alias",
+                                  "interpolation", "reduce hook", "text file", "image", "weights"])
 def test_bad_checkpoints_raise_one_line_and_run_no_code(crafted, marker, case):
     path, expected = crafted[case]
     with pytest.raises(CheckpointError) as info:
@@ -106,7 +113,7 @@ def test_cli_refuses_bad_checkpoints_with_exit_2_and_one_line(crafted, marker, t
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     env.pop("NUCSEG_FULL_ERROR", None)
     env.pop("HYDRA_FULL_ERROR", None)
-    for case in ("os.system", "reduce hook", "text file", "weights"):
+    for case in ("shutil.copy", "reduce hook", "text file", "weights"):
         path, expected = crafted[case]
         out = tmp_path / f"out-{case.replace(' ', '-')}"
         proc = subprocess.run([sys.executable, "-m", "nucseg.predict", f"ckpt_path={path}", f"input={image}",
