@@ -26,6 +26,7 @@ PATCH = (slice(60, 100), slice(80, 150))  # 40 x 70 = 2800 pixels
 def stretch(values: np.ndarray, arr: np.ndarray, low: float = 0.5, high: float = 99.8) -> np.ndarray:
     """The reference: percentiles of `values`, applied to `arr`, into uint8."""
     lo, hi = np.percentile(values.astype(np.float32), [low, high])
+    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # only finite ones are compared
     return (np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
