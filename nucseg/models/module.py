@@ -152,9 +152,10 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
 
     Loads with `weights_only=True`: the checkpoint holds tensors and plain containers only, so no code from
     the file is executed; the `_target_`s of its configs must pass `nucseg.models.targets` (an allow-list)
-    before anything is instantiated. The weights are loaded strictly: a checkpoint whose weights do not fit the network
-    its hyper-parameters describe raises `CheckpointError` naming the missing and unexpected keys, instead of
-    predicting with random weights.
+    before anything is instantiated. The weights are loaded strictly: a checkpoint whose weights do not fit
+    the network its hyper-parameters describe raises `CheckpointError` naming the missing and unexpected
+    keys, instead of predicting with random weights. Every refusal is one `CheckpointError` line naming the
+    file.
     """
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
