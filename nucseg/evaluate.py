@@ -29,6 +29,7 @@ from nucseg.utils.config import align_data_with_checkpoint
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
 from nucseg.utils.tables import write_csv
+from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def write_per_image(path: Path, rows: list[dict]) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint on `cfg.data`'s test split; write metrics.json, per_image.csv and overlays."""
+    check_config(cfg, "evaluate")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -3,10 +3,11 @@ in new images of any size and bit depth, with a checkpoint alone.
 
 Per image: `<stem>_labels.tif` (instance labels, uint16 or uint32; Fiji/napari read them), `<stem>_prob.tif`
 (float32 foreground probability), `<stem>_overlay.png` (nucleus outlines), and for models with an uncertainty
-method `<stem>_uncertainty.tif` (per-pixel maps). Per run: `summary.csv` (one row per image, with the certainty
-and a needs_review flag), `nuclei.csv` (one row per nucleus), `errors.csv` (inputs that could not be read or
-processed, by name), and with `rle=true` a Kaggle `submission.csv`. A bad file does not stop the run; the exit
-status is non-zero only when no image could be processed. The engine is `nucseg.Predictor`.
+method `<stem>_uncertainty.tif` (per-pixel maps). Per run: `summary.csv` (one row per image, with the
+certainty, a needs_review flag, the count of NaN / inf pixels and a warning for constant images), `nuclei.csv`
+(one row per nucleus), `errors.csv` (inputs that could not be read or processed, by name), and with `rle=true`
+a Kaggle `submission.csv`. A bad file does not stop the run; the exit status is non-zero only when no image
+could be processed; bad settings stop it before any work (exit status 2). The engine is `nucseg.Predictor`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nucseg.inference.inputs import list_inputs, require_images, unique_stems
 from nucseg.inference.predictor import Predictor
 from nucseg.inference.writers import submission_rows, write_image_outputs, write_tables
 from nucseg.utils.progress import progress_bar
+from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,10 @@ class PredictReport:
 
 
 def run_predict(cfg: DictConfig) -> PredictReport:
-    """Predict every image under `cfg.input` into `cfg.output`; per-file failures are recorded, not raised."""
+    """Predict every image under `cfg.input` into `cfg.output`; per-file failures are recorded, not raised.
+
+    Bad settings and a missing checkpoint or input raise ConfigError before any work."""
+    check_config(cfg, "predict")
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, skipped = list_inputs(cfg.input, recursive=bool(cfg.get("recursive", False)), output=out_dir)

@@ -21,6 +21,7 @@ from nucseg.utils.errors import friendly_errors
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
 from nucseg.utils.run import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
+from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg, "train")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))

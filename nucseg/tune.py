@@ -20,11 +20,13 @@ from nucseg.models.module import load_module
 from nucseg.utils.checkpoint import update_checkpoint_hparams
 from nucseg.utils.config import align_data_with_checkpoint
 from nucseg.utils.errors import friendly_errors
+from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg, "tune")
     module = load_module(cfg.ckpt_path)
     align_data_with_checkpoint(cfg, module.hparams)
     datamodule = hydra.utils.instantiate(cfg.data)

@@ -192,9 +192,9 @@ def test_other_bad_checkpoints_raise_a_checkpoint_error(ckpt, tmp_path, image_fi
 
 def test_cli_names_a_missing_checkpoint_or_input_in_one_line(ckpt, image_files, tmp_path):
     for args, expected in (([f"ckpt_path={tmp_path / 'missing.ckpt'}", f"input={image_files[0]}"],
-                            f"ckpt_path: no checkpoint file at {tmp_path / 'missing.ckpt'}"),
+                            f"ckpt_path={str(tmp_path / 'missing.ckpt')!r}: expected an existing checkpoint file"),
                            ([f"ckpt_path={ckpt}", f"input={tmp_path / 'no-such-dir'}"],
-                            f"input: no such file or directory: {tmp_path / 'no-such-dir'}")):
+                            f"input={str(tmp_path / 'no-such-dir')!r}: expected an existing image file or folder")):
         proc = run_predict_cli(*args, f"output={tmp_path / 'out'}")
         text = proc.stdout + proc.stderr
         assert proc.returncode == 2 and "Traceback" not in text, text[-2000:]

@@ -161,7 +161,8 @@ class DSB2018Source(Source):
         return [Record(i, g, acquisition=f"acq{a:03d}") for i, g, a in zip(self._ids, groups, acq, strict=True)]
 
     def load(self, record_id: str) -> tuple[np.ndarray, np.ndarray | None]:
-        raw = to_rgb(read_raw(self.image_path(record_id)))
+        path = self.image_path(record_id)
+        raw = to_rgb(read_raw(path))
         masks = self.mask_paths(record_id)
         if not masks:
             if self.require_masks:
@@ -169,6 +170,6 @@ class DSB2018Source(Source):
                     f"{self.root / record_id / 'masks'}: expected one PNG per nucleus, found none "
                     "(set data.source.require_masks=false to treat such images as unlabelled)"
                 )
-            return normalize(raw), None
+            return normalize(raw, name=path), None
         labels = merge_masks(masks, raw.shape[:2])
-        return normalize(raw), labels
+        return normalize(raw, name=path), labels

@@ -154,4 +154,4 @@ class DSB2018SolutionSource(Source):
         if overlap:
             log.warning("%s, ImageId %s: %d pixels belong to more than one nucleus; kept the later row",
                         self.csv_path, record_id, overlap)
-        return normalize(raw), labels
+        return normalize(raw, name=path), labels

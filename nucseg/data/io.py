@@ -1,19 +1,28 @@
 """Read any microscopy image (PNG, TIFF 8/16-bit, JPEG; 1, 3 or 4 channels) into one canonical form.
 
-Every image that enters nucseg, for training or prediction, goes through `read_image` and `normalize`, so the
-model always sees the same thing: an RGB uint8 array whose intensities were stretched per image between two
-percentiles. Percentile stretching makes dim 16-bit fluorescence and bright 8-bit brightfield comparable.
+Every image that enters nucseg, for training, evaluation or prediction, goes through `normalize_checked` (via
+`normalize` or `read_image`), so the model always sees the same thing: an RGB uint8 array whose intensities
+were stretched per image between two percentiles, with NaN / inf pixels left out and set to 0. Percentile
+stretching makes dim 16-bit fluorescence and bright 8-bit brightfield comparable.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "IntensityCheck", "atomic_save_npz", "atomic_write_bytes",
+           "atomic_write_text", "describe", "is_image_file", "normalize", "normalize_checked", "probe_image",
+           "read_image", "read_mask", "read_raw", "to_rgb"]
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -128,26 +137,72 @@ def to_rgb(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def normalize(arr: np.ndarray, low: float = 0.5, high: float = 99.8) -> np.ndarray:
+@dataclass(frozen=True)
+class IntensityCheck:
+    """What `normalize_checked` found in one image.
+
+    nonfinite_pixels: pixels (H x W positions) with a NaN or infinite value in any channel; they are left out
+        of the percentiles and set to 0 in the output.
+    warning: None, or why the stretch is not meaningful: "no finite pixels", "constant image" (all finite
+        pixels equal; the output is all 0) or "nearly constant image" (the two percentiles are equal, so the
+        image is stretched between its minimum and maximum instead).
+    """
+
+    nonfinite_pixels: int = 0
+    warning: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return self.nonfinite_pixels == 0 and self.warning is None
+
+
+def normalize_checked(arr: np.ndarray, low: float = 0.5, high: float = 99.8) -> tuple[np.ndarray, IntensityCheck]:
     """Stretch intensities between the `low` and `high` percentiles (over all channels) into uint8.
 
-    Works the same for 8- and 16-bit data; a constant image maps to zeros instead of dividing by zero.
+    `arr`: (H, W) or (H, W, C), any dtype -> the same shape as uint8, and what was found (`IntensityCheck`).
+    Works the same for 8- and 16-bit data. Non-finite values never reach the arithmetic: they are ignored by
+    the percentiles and become 0; a constant image maps to zeros instead of dividing by zero.
     """
     a = arr.astype(np.float32)
-    lo, hi = np.percentile(a, [low, high])
+    finite = np.isfinite(a)
+    all_finite = bool(finite.all())
+    values = a if all_finite else a[finite]  # the fast path keeps finite images bit-identical to before
+    bad = 0 if all_finite else int((~finite).reshape(*a.shape[:2], -1).any(-1).sum())
+    zeros = np.zeros(arr.shape, np.uint8)
+    if values.size == 0:
+        return zeros, IntensityCheck(bad, "no finite pixels")
+    lo, hi = np.percentile(values, [low, high])
+    warning = None
     if hi <= lo:
-        hi = a.max()
-        lo = a.min()
+        lo, hi, warning = values.min(), values.max(), "nearly constant image"
     if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
+        return zeros, IntensityCheck(bad, "constant image")
     out = (a - lo) / (hi - lo)
-    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if not all_finite:
+        out[~finite] = 0.0
+    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), IntensityCheck(bad, warning)
+
+
+def normalize(arr: np.ndarray, low: float = 0.5, high: float = 99.8, name: str | os.PathLike | None = None
+              ) -> np.ndarray:
+    """`normalize_checked` without the report: (H, W[, C]) any dtype -> uint8 of the same shape. With `name`
+    (the file), non-finite pixels and constant images are logged as warnings naming it."""
+    out, check = normalize_checked(arr, low, high)
+    if name is not None and not check.clean:
+        log.warning("%s: %s", name, describe(check))
+    return out
+
+
+def describe(check: IntensityCheck) -> str:
+    """One phrase for a log line, e.g. '12 non-finite pixels (NaN / inf) set to 0; constant image'."""
+    parts = [f"{check.nonfinite_pixels} non-finite pixels (NaN / inf) set to 0"] if check.nonfinite_pixels else []
+    return "; ".join(parts + ([check.warning] if check.warning else [])) or "clean"
 
 
 def read_image(path: str | os.PathLike, low: float = 0.5, high: float = 99.8) -> np.ndarray:
     """Read an image file into normalised RGB uint8 (HxWx3)."""
     try:
-        return normalize(to_rgb(read_raw(path)), low, high)
+        return normalize(to_rgb(read_raw(path)), low, high, name=path)
     except ImageReadError as exc:
         if str(path) in str(exc):
             raise

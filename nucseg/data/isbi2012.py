@@ -186,7 +186,7 @@ class ISBI2012Source(Source):
 
     def load(self, record_id: str) -> tuple[np.ndarray, np.ndarray | None]:
         path, z, lpath, lz = self._items[record_id]
-        image = normalize(to_rgb(self._read(path, z)))
+        image = normalize(to_rgb(self._read(path, z)), name=path if z is None else f"{path}[slice {z}]")
         if lpath is None:
             return image, None
         lab = read_mask(lpath) if lz is None else self._read(lpath, lz)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nucseg.data.io import normalize, read_raw, to_rgb
+from nucseg.data.io import IntensityCheck, normalize_checked, read_raw, to_rgb
 from nucseg.inference.sliding_window import sliding_window_inference
 from nucseg.inference.tta import tta_mean
 from nucseg.models.module import SegmentationModule, load_module
@@ -54,6 +54,9 @@ class Prediction:
     nuclei: one dict per nucleus, in label order (`nucseg.instances.measure.COLUMNS`: nucleus_id, area,
         centroid_y, centroid_x, equivalent_diameter, eccentricity, mean_intensity); pixels, and intensity in
         the input's own units.
+    nonfinite_pixels: input pixels with a NaN / inf value (ignored by the normalisation, seen as 0).
+    warning: None, or why the result is not to be trusted ("constant image", "nearly constant image", "no
+        finite pixels"); an image with a warning always has needs_review=True.
     """
 
     labels: np.ndarray
@@ -63,6 +66,8 @@ class Prediction:
     certainty: float | None = None
     needs_review: bool | None = None
     nuclei: list[dict[str, Any]] = field(default_factory=list)
+    nonfinite_pixels: int = 0
+    warning: str | None = None
 
     @property
     def probability(self) -> np.ndarray:
@@ -70,11 +75,12 @@ class Prediction:
         return self.probs[0]
 
     def summary(self) -> dict[str, Any]:
-        """height, width, nucleus_count, mean_area (pixels), certainty, needs_review."""
+        """height, width, nucleus_count, mean_area (pixels), certainty, needs_review, nonfinite_pixels, warning."""
         areas = [n["area"] for n in self.nuclei]
         return {"height": int(self.labels.shape[0]), "width": int(self.labels.shape[1]),
                 "nucleus_count": len(self.nuclei), "mean_area": float(np.mean(areas)) if areas else 0.0,
-                "certainty": self.certainty, "needs_review": self.needs_review}
+                "certainty": self.certainty, "needs_review": self.needs_review,
+                "nonfinite_pixels": self.nonfinite_pixels, "warning": self.warning}
 
     def to_dataframe(self) -> Any:
         """The per-nucleus table as a pandas DataFrame (needs pandas)."""
@@ -181,11 +187,16 @@ class Predictor:
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """(H, W) or (H, W, C) array, C in 1-4 (alpha ignored), any dtype -> (H, W, 3) uint8 as the model saw
         images in training (percentile normalisation, optional CLAHE)."""
+        return self.prepare_checked(image)[0]
+
+    def prepare_checked(self, image: np.ndarray) -> tuple[np.ndarray, IntensityCheck]:
+        """`prepare`, and what the normalisation found (non-finite pixels, a constant image)."""
         image = np.asarray(image)
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4)):
             raise ValueError(f"image: expected an (H, W) or (H, W, C) array with 1-4 channels, got shape "
                              f"{image.shape}")
-        return self._preprocess(normalize(to_rgb(image), **self.normalization))
+        normalized, check = normalize_checked(to_rgb(image), **self.normalization)
+        return self._preprocess(normalized), check
 
     # ------------------------------------------------------------------------------------------- network
     def _probs_fn(self, x: Tensor) -> Tensor:
@@ -249,12 +260,13 @@ class Predictor:
         from nucseg.instances.watershed import probs_to_instances
 
         raw = np.asarray(image)
-        prepared = self.prepare(raw)
+        prepared, check = self.prepare_checked(raw)
         probs, samples = self.probabilities(prepared)
         probs_np = probs[0].float().cpu().numpy()
         labels = probs_to_instances(probs_np, **self.postprocess)
         pred = Prediction(labels=labels, probs=probs_np, image=prepared,
-                          nuclei=measure_instances(labels, _drop_alpha(raw)))
+                          nuclei=measure_instances(labels, _drop_alpha(raw)),
+                          nonfinite_pixels=check.nonfinite_pixels, warning=check.warning)
         if samples is not None:
             from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
 
@@ -263,6 +275,8 @@ class Predictor:
             pred.certainty = float(image_certainty(samples, float(self.module.threshold))[0])
             thr = self.review_threshold()
             pred.needs_review = None if thr is None else pred.certainty < thr
+        if pred.warning:  # a blank image is predicted with high "certainty": never let that pass unreviewed
+            pred.needs_review = True
         return pred
 
     def predict_file(self, path: str | Path) -> Prediction:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["ERROR_COLUMNS", "NUCLEI_COLUMNS", "SUMMARY_COLUMNS", "label_dtype", "submission_rows", "tiff_bytes",
            "write_image_outputs", "write_tables"]
 
-SUMMARY_COLUMNS = ("image", "file", "height", "width", "nucleus_count", "mean_area", "certainty", "needs_review")
+SUMMARY_COLUMNS = ("image", "file", "height", "width", "nucleus_count", "mean_area", "certainty", "needs_review",
+                   "nonfinite_pixels", "warning")
 NUCLEI_COLUMNS = ("image", *MEASURE_COLUMNS)
 ERROR_COLUMNS = ("file", "error")
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")

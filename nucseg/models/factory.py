@@ -28,9 +28,10 @@ def build_model(
 ) -> nn.Module:
     """Return an smp model; `mc_dropout={'rate': 0.2, 'where': 'decoder'}` adds always-on spatial dropout."""
     key = arch.lower().replace("-", "").replace("_", "").replace("+", "p")
-    if key not in ARCHS and not hasattr(smp, arch):
+    cls = getattr(smp, ARCHS.get(key, arch), None)
+    # a network class only: `arch` may come from a checkpoint file, and smp also exports functions
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"model.arch: unknown architecture {arch!r}; expected one of {sorted(ARCHS)}")
-    cls = getattr(smp, ARCHS.get(key, arch))
     if decoder_channels is None:
         decoder_channels = [256, 128, 64, 32, 16][:encoder_depth]
     if len(decoder_channels) != encoder_depth:

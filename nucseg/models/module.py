@@ -21,7 +21,10 @@ from torchmetrics import MeanMetric
 from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
 from nucseg.models.mc_dropout import mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
+from nucseg.models.targets import disallowed_entries
 from nucseg.utils.errors import CheckpointError
+
+__all__ = ["SegmentationModule", "load_module", "pad_to_multiple"]
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +139,11 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
     """Rebuild a trained module from its checkpoint alone (no training config needed).
 
     Loads with `weights_only=True`: the checkpoint holds tensors and plain containers only, so no code from
-    the file is executed. The weights are loaded strictly: a checkpoint whose weights do not fit the network
-    its hyper-parameters describe raises `CheckpointError` naming the missing and unexpected keys, instead of
-    predicting with random weights.
+    the file is executed; the `_target_`s of its configs must pass `nucseg.models.targets` (an allow-list)
+    before anything is instantiated. The weights are loaded strictly: a checkpoint whose weights do not fit
+    the network its hyper-parameters describe raises `CheckpointError` naming the missing and unexpected
+    keys, instead of predicting with random weights. Every refusal is one `CheckpointError` line naming the
+    file.
     """
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
@@ -152,7 +157,19 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
         raise CheckpointError(f"{ckpt_path}: not a nucseg checkpoint (no 'net' in its hyper_parameters or no "
                               "state_dict)")
     accepted = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self"}
-    module = SegmentationModule(**{k: v for k, v in hp.items() if k in accepted})
+    kwargs = {k: v for k, v in hp.items() if k in accepted}
+    if not isinstance(kwargs["net"], dict) or not isinstance(kwargs.get("loss") or {}, dict):
+        raise CheckpointError(f"{ckpt_path}: hyper_parameters.net / .loss: expected configs with a `_target_`, "
+                              f"got {type(kwargs['net']).__name__} / {type(kwargs.get('loss')).__name__}")
+    refused = disallowed_entries(kwargs)  # before anything from the file is instantiated
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise CheckpointError(f"{ckpt_path}: refused: hyper_parameters.{refused[0]}{more}")
+    try:
+        module = SegmentationModule(**kwargs)
+    except Exception as exc:  # e.g. an unknown encoder name or argument: name the file, not Hydra's internals
+        raise CheckpointError(f"{ckpt_path}: cannot build the network its hyper-parameters describe "
+                              f"({_shorten(' '.join(str(exc).split()))})") from exc
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:  # missing / unexpected keys or shapes that differ
@@ -168,6 +185,11 @@ def _load_error(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
     return next((ln for ln in lines if not ln.startswith(boilerplate)), type(exc).__name__)
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """`text` cut to `limit` characters (an unknown encoder lists every known one)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _mismatch(ckpt_path: Path, expected: Iterable[str], found: Iterable[str], exc: Exception) -> str:

@@ -44,13 +44,13 @@ def user_error(exc: BaseException) -> BaseException | None:
 def friendly_errors() -> Iterator[None]:
     """Exit with status 2 and one message for user-fixable errors; re-raise anything else.
 
-    Set NUCSEG_FULL_ERROR=1 to see the whole traceback.
+    Set NUCSEG_FULL_ERROR=1 (or Hydra's HYDRA_FULL_ERROR=1) to see the whole traceback.
     """
     try:
         yield
     except Exception as exc:
         err = user_error(exc)
-        if err is None or os.environ.get("NUCSEG_FULL_ERROR"):
+        if err is None or os.environ.get("NUCSEG_FULL_ERROR") or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if logging.getLogger().handlers:
             log.error("%s", err)

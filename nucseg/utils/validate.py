@@ -1,0 +1,162 @@
+"""Check the composed config of an entry point before any work: one table of key -> rule for train, evaluate,
+tune and predict.
+
+A value out of range (`tile=100`, `overlap=1.5`) or a path that is not there (`ckpt_path`, `input`) fails
+with one `ConfigError` line naming the key, the value and what is expected, before a model is built or an
+image read; `friendly_errors` turns it into exit status 2. A key absent from an entry point's config, or null
+(= "the default" / "as stored in the checkpoint"), is not checked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nucseg.utils.errors import ConfigError
+
+__all__ = ["RULES", "Rule", "check_config", "violations"]
+
+STRIDE = 32  # the networks' input stride (SegmentationModule.pad_multiple): tiles and crops are multiples of it
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`ok(value)` is True for an acceptable value; `expected` says what is acceptable, for the message.
+    `entries`: the entry points whose key this is (None: every entry point that has the key); `required`:
+    a missing value (`???`) is an error too."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+    entries: frozenset[str] | None = None
+    required: bool = False
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(lo: int, multiple: int = 1) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and v >= lo and v % multiple == 0
+
+
+def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], bool]:
+    """A finite number in the interval [lo, hi], ends excluded where `*_open`."""
+    return lambda v: (_is_number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
+
+
+def either(*checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: any(c(v) for c in checks)
+
+
+def one_of(*values: Any) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str | bool | int) and v in values
+
+
+def _devices(v: Any) -> bool:
+    """Lightning's `devices`: a count >= 1, -1 or "auto" (all), a list of device indices or "0,1"."""
+    if isinstance(v, str):
+        indices = [p.strip() for p in v.split(",") if p.strip()]
+        return v in ("auto", "-1") or (bool(indices) and all(p.isdigit() for p in indices))
+    if isinstance(v, list | tuple):
+        return bool(v) and all(_is_int(i) and i >= 0 for i in v)
+    return _is_int(v) and (v >= 1 or v == -1)
+
+
+def _device(v: Any) -> bool:
+    return isinstance(v, str) and (v in ("auto", "cpu", "cuda", "mps") or
+                                   (v.startswith("cuda:") and v[5:].isdigit()))
+
+
+def _file(v: Any) -> bool:
+    return isinstance(v, str | Path) and Path(v).is_file()
+
+
+def _exists(v: Any) -> bool:
+    return isinstance(v, str | Path) and Path(v).exists()
+
+
+UNIT = "a number between 0 and 1"
+_LOADS = frozenset({"predict", "evaluate", "tune"})  # entry points whose ckpt_path is a file to read
+RULES: dict[str, Rule] = {
+    # paths
+    "ckpt_path": Rule(_file, "an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)", _LOADS, True),
+    "input": Rule(_exists, "an existing image file or folder", frozenset({"predict"}), True),
+    "output": Rule(lambda v: not Path(str(v)).is_file(), "a folder (created if missing), not a file",
+                   frozenset({"predict"})),
+    # sliding-window prediction
+    "tile": Rule(integer(STRIDE, STRIDE), f"a positive multiple of {STRIDE} (e.g. 512)"),
+    "overlap": Rule(number(0, 1, hi_open=True), "a fraction of a tile, 0 <= overlap < 1 (e.g. 0.25)"),
+    "tile_batch_size": Rule(integer(1), "an integer >= 1"),
+    "blend": Rule(one_of("gaussian", "constant"), "gaussian or constant"),
+    "device": Rule(_device, "auto, cpu, cuda, cuda:<index> or mps"),
+    # post-processing and uncertainty
+    "postprocess.threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
+    "postprocess.contour_threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
+    "postprocess.min_size": Rule(integer(0), "an integer >= 0 (pixels)"),
+    "uncertainty.samples": Rule(integer(1), "an integer >= 1"),
+    "uncertainty.batch_size": Rule(integer(1), "an integer >= 1"),
+    "uncertainty.review_threshold": Rule(either(number(0, 1), one_of("auto")), f"{UNIT}, or auto"),
+    "module.threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
+    # data
+    "data.crop_size": Rule(integer(STRIDE, STRIDE), f"a positive multiple of {STRIDE} (e.g. 256)"),
+    "data.batch_size": Rule(integer(1), "an integer >= 1"),
+    "data.num_workers": Rule(integer(0), "an integer >= 0"),
+    "data.val_fraction": Rule(number(0, 1, hi_open=True), "a fraction, 0 <= value < 1"),
+    "data.test_fraction": Rule(number(0, 1), "a fraction, 0 <= value <= 1"),
+    # trainer and run
+    "trainer.devices": Rule(_devices, "a number of devices >= 1, -1 or auto (all), or a list of device indices"),
+    "trainer.max_epochs": Rule(either(integer(1), one_of(-1)), "an integer >= 1, or -1 (no limit)"),
+    "budget.minutes": Rule(number(0, math.inf, lo_open=True), "a positive number of minutes"),
+    "overlays.max_images": Rule(integer(0), "an integer >= 0"),
+    "overlays.alpha": Rule(number(0, 1), UNIT),
+    "overlays.level": Rule(one_of("pixel", "object"), "pixel or object"),
+}
+
+
+def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
+    """(present, value); a missing value (`???`) reads as (True, '???')."""
+    node = cfg
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not isinstance(node, DictConfig) or part not in node:
+            return False, None
+        node = node[part]
+    if not isinstance(node, DictConfig) or leaf not in list(node.keys()):  # `in node` is False for ???
+        return False, None
+    if OmegaConf.is_missing(node, leaf):
+        return True, "???"
+    value = node[leaf]
+    return True, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def violations(cfg: DictConfig, entry: str, rules: dict[str, Rule] | None = None) -> list[str]:
+    """One message per key of `cfg` whose value breaks its rule, in table order."""
+    out = []
+    for key, rule in (RULES if rules is None else rules).items():
+        if rule.entries is not None and entry not in rule.entries:
+            continue
+        present, value = _select(cfg, key)
+        if not present or (value is None and not rule.required):
+            continue
+        if value == "???" or value is None:
+            out.append(f"{key}: missing; expected {rule.expected} (pass {key}=...)")
+        elif not rule.ok(value):
+            out.append(f"{key}={value!r}: expected {rule.expected}")
+    return out
+
+
+def check_config(cfg: DictConfig, entry: str) -> None:
+    """Raise one `ConfigError` listing every value of `cfg` that breaks its rule (`entry`: train, evaluate,
+    tune or predict)."""
+    bad = violations(cfg, entry)
+    if bad:
+        raise ConfigError("; ".join(bad))
