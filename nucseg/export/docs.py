@@ -84,7 +84,7 @@ def readme(hp: dict[str, Any], names: list[str], meta: dict[str, Any], ckpt_path
         "whose contour and touching probabilities are `<= contour_threshold`; seeds under `seed_min_size` "
         "pixels are ignored; seeds grow over the foreground along the border probability; objects under "
         "`min_size` pixels are dropped; holes are filled when `fill_holes`.", "",
-        "With nucseg installed (`pip install nucseg`):", "", "```python",
+        "With nucseg installed (`pip install -e <nucseg checkout>`):", "", "```python",
         "from nucseg.instances.watershed import probs_to_instances",
         f"labels = probs_to_instances(probs[0], **{json.dumps(post)})  # probs: (1, K, H, W)", "```", "",
         "or predict with nucseg directly: `python -m nucseg.predict ckpt_path=<this zip> input=... output=...`.",
@@ -130,4 +130,4 @@ def write_cover(path: Path, prepared: np.ndarray, probs: np.ndarray, hp: dict[st
 def environment_yaml(pytorch_version: Any) -> str:
     """Conda environment of the state-dict weights: pytorch plus nucseg (its architecture) from pip."""
     return ("name: nucseg-export\nchannels:\n  - conda-forge\n  - nodefaults\ndependencies:\n"
-            f"  - pytorch=={pytorch_version}\n  - pip\n  - pip:\n      - nucseg\n")
+            f"  - pytorch=={pytorch_version}\n  - pip\n  - pip:\n      - nucseg  # pip install -e <nucseg checkout>\n")
