@@ -51,7 +51,7 @@ def _test_image(image: np.ndarray, multiple: int) -> np.ndarray:
 def _test_tensors(module: SegmentationModule, raw: np.ndarray, tmp: Path) -> tuple[Path, Path, np.ndarray,
                                                                                     np.ndarray]:
     """input.npy (1, 3, H, W) float32 raw intensities; output.npy (1, K, H, W) float32 probabilities as
-    nucseg's Predictor computes them (its own uint8 normalisation, its own padding)."""
+    nucseg's Predictor computes them (its own uint8 normalisation, its own padding); sample_*.tif likewise."""
     from nucseg.inference.predictor import Predictor
 
     predictor = Predictor(module, device="cpu", tile=max(raw.shape[:2]), uncertainty={"method": "none"})
@@ -61,6 +61,10 @@ def _test_tensors(module: SegmentationModule, raw: np.ndarray, tmp: Path) -> tup
     y = probs.float().numpy()
     np.save(tmp / "input.npy", x)
     np.save(tmp / "output.npy", y)
+    import tifffile  # sample tensors: the same arrays as (C, Y, X) TIFFs, for viewers
+
+    tifffile.imwrite(tmp / "sample_input.tif", x[0])
+    tifffile.imwrite(tmp / "sample_output.tif", y[0])
     return tmp / "input.npy", tmp / "output.npy", prepared, y[0]
 
 
@@ -132,10 +136,12 @@ def build_package(module: SegmentationModule, output: Path, image: np.ndarray, m
                bio.ClipDescr(kwargs=bio.ClipKwargs(min=0.0, max=1.0))]
         inp = bio.InputTensorDescr(
             id=bio.TensorId("raw"), axes=in_axes, test_tensor=bio.FileDescr(source=x_path), preprocessing=pre,
+            sample_tensor=bio.FileDescr(source=tmp / "sample_input.tif"),
             description="image, RGB (replicate a gray image to 3 channels), any intensity range",
             data=bio.IntervalOrRatioDataDescr(type="float32"))
         out = bio.OutputTensorDescr(
             id=bio.TensorId("probabilities"), axes=out_axes, test_tensor=bio.FileDescr(source=y_path),
+            sample_tensor=bio.FileDescr(source=tmp / "sample_output.tif"),
             description="sigmoid probabilities: " + ", ".join(names),
             data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
         arch = bio.ArchitectureFromLibraryDescr(callable="build_export_network", import_from="nucseg.export.network",
