@@ -194,3 +194,25 @@ def test_cli_exports_and_refuses_bad_requests_in_one_line(ckpt, tmp_path):
     assert out.read_bytes() == before and not (tmp_path / "n.pt").exists()
     nucseg.export_model(ckpt, "torchscript", out, overwrite=True)  # overwrite=true replaces it
     assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["logs", "m.pt", "other.ckpt"]
+
+
+def test_a_bayesian_model_exports_its_deterministic_pass(ckpt, torch_probs, tmp_path):
+    from nucseg.export.docs import readme
+    from nucseg.models.mc_dropout import has_mc_dropout
+
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    data["hyper_parameters"]["net"]["mc_dropout"] = {"rate": 0.5, "where": "decoder"}
+    torch.save(data, tmp_path / "bayes.ckpt")
+    module = load_module(tmp_path / "bayes.ckpt")
+    assert has_mc_dropout(module.net)
+    out = nucseg.export_model(tmp_path / "bayes.ckpt", "torchscript", tmp_path / "bayes.pt")
+    x, ref = torch_probs  # the deterministic pass: dropout off, the same weights as the plain checkpoint
+    net = torch.jit.load(str(out), map_location="cpu")
+    with torch.no_grad():
+        a, b = net(torch.from_numpy(x)).numpy(), net(torch.from_numpy(x)).numpy()
+        sampled = torch.sigmoid(module.net(torch.from_numpy(x))).numpy()  # MC dropout on: a random draw
+    assert np.array_equal(a, b) and float(np.abs(a - ref).max()) < 1e-4
+    assert float(np.abs(sampled - ref).max()) > 1e-3
+    meta = {"name": "n", "description": "d", "cite": []}
+    text = readme(dict(module.hparams), ["foreground", "contour", "touching"], meta, tmp_path / "bayes.ckpt", data)
+    assert "Monte-Carlo dropout" in text and "deterministic pass" in text
