@@ -43,7 +43,7 @@ def _training_data(meta: dict[str, Any], ckpt_path: Path) -> str:
         data = OmegaConf.to_container(OmegaConf.load(run_cfg).get("data") or {}, resolve=False)
         source = data.get("source") if isinstance(data, dict) else None
         return ("from the training run's config (`data`): `" + json.dumps(source or data, default=str)[:600] + "`")
-    return ("not recorded in the checkpoint (nucseg's default is the Kaggle Data Science Bowl 2018 stage1_train "
+    return ("Not recorded in the checkpoint (nucseg's default is the Kaggle Data Science Bowl 2018 stage1_train "
             "set, split by acquisition group); set `training_data=...` when exporting")
 
 
@@ -86,7 +86,7 @@ def readme(hp: dict[str, Any], names: list[str], meta: dict[str, Any], ckpt_path
         "`min_size` pixels are dropped; holes are filled when `fill_holes`.", "",
         "With nucseg installed (`pip install -e <nucseg checkout>`):", "", "```python",
         "from nucseg.instances.watershed import probs_to_instances",
-        f"labels = probs_to_instances(probs[0], **{json.dumps(post)})  # probs: (1, K, H, W)", "```", "",
+        f"labels = probs_to_instances(probs[0], **{post!r})  # probs: (1, K, H, W)", "```", "",
         "or predict with nucseg directly: `python -m nucseg.predict ckpt_path=<this zip> input=... output=...`.",
         "",
         "## Training data", "", _training_data(meta, ckpt_path), "",
