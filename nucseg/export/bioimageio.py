@@ -144,8 +144,10 @@ def build_package(module: SegmentationModule, output: Path, image: np.ndarray, m
             sample_tensor=bio.FileDescr(source=tmp / "sample_output.tif"),
             description="sigmoid probabilities: " + ", ".join(names),
             data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
+        # the weights come from the state dict: building the network must not download pretrained ones
+        arch_net = {**hp["net"], **({"encoder_weights": None} if "encoder_weights" in hp["net"] else {})}
         arch = bio.ArchitectureFromLibraryDescr(callable="build_export_network", import_from="nucseg.export.network",
-                                                kwargs={"net": hp["net"], "quantize": True})
+                                                kwargs={"net": arch_net, "quantize": True})
         weights = bio.WeightsDescr(
             pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
                 source=tmp / "weights_state_dict.pt", architecture=arch, pytorch_version=version,
