@@ -128,8 +128,9 @@ def test_package_validates_and_passes_the_bioimageio_model_test_offline(package,
         y = np.load(z.open("output.npy"))
     out_axes = {a["type"]: a for a in rdf["outputs"][0]["axes"]}
     assert out_axes["channel"]["channel_names"] == ["foreground", "contour", "touching"]
-    scale = rdf["inputs"][0]["preprocessing"][0]
-    assert scale["id"] == "scale_range" and scale["kwargs"]["min_percentile"] == 0.5
+    steps = {p["id"]: p.get("kwargs") for p in rdf["inputs"][0]["preprocessing"]}
+    scale = {"kwargs": steps["scale_range"]}
+    assert scale["kwargs"]["min_percentile"] == 0.5 and steps["clip"] == {"min": 0.0, "max": 1.0}
     assert scale["kwargs"]["max_percentile"] == 99.8 and set(scale["kwargs"]["axes"]) == {"channel", "y", "x"}
     # the test input is the raw image (not normalised); the test output is what nucseg's Predictor computes
     raw = np.asarray(Image.open(image_file))[..., :3].astype(np.float32)
