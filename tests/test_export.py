@@ -141,6 +141,8 @@ def test_package_validates_and_passes_the_bioimageio_model_test_offline(package,
     post = load_module(ckpt).hparams["postprocess"]
     assert f"`contour_threshold` | `{post['contour_threshold']}`" in readme
     assert "## Validation" in readme and "val/dice (best checkpoint)" in readme
+    run_dice = json.loads((ckpt.parent.parent / "metrics.json").read_text())["val/dice"]  # the run's metrics.json
+    assert f"| `val/dice` | `{round(run_dice, 4)}` |" in readme
     assert "DSB2018 stage1_train, tiny test run" in readme
     assert rdf["authors"] == [{"name": "Test Author"}]
 

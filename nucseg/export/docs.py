@@ -41,8 +41,13 @@ def _training_data(meta: dict[str, Any], ckpt_path: Path) -> str:
         from omegaconf import OmegaConf
 
         data = OmegaConf.to_container(OmegaConf.load(run_cfg).get("data") or {}, resolve=False)
-        source = data.get("source") if isinstance(data, dict) else None
-        return ("from the training run's config (`data`): `" + json.dumps(source or data, default=str)[:600] + "`")
+        if isinstance(data, dict):
+            source = data.get("source") if isinstance(data.get("source"), dict) else {}
+            split = {k: data[k] for k in ("split_by", "val_fraction", "test_fraction", "split_seed", "holdout_types")
+                     if k in data}
+            return (f"From the training run's config: source `{source.get('_target_', '?')}` at "
+                    f"`{source.get('root', '?')}`; split {json.dumps(split, default=str)} (validation and test "
+                    "images are held out from training; `test/*` scores below are on the test part).")
     return ("Not recorded in the checkpoint (nucseg's default is the Kaggle Data Science Bowl 2018 stage1_train "
             "set, split by acquisition group); set `training_data=...` when exporting")
 
