@@ -1,7 +1,8 @@
 """nucseg: nucleus segmentation with uncertainty.
 
-Library use: `nucseg.Predictor.from_checkpoint(path).predict(image)` -> `nucseg.Prediction`. The two are
-imported on first use, so that `import nucseg.data.io` and the like do not load torch and the models.
+Library use: `nucseg.Predictor.from_checkpoint(path).predict(image)` -> `nucseg.Prediction`;
+`nucseg.export_model(path, "bioimageio" | "onnx" | "torchscript", output)` shares a model. They are imported
+on first use, so that `import nucseg.data.io` and the like do not load torch and the models.
 """
 
 from __future__ import annotations
@@ -9,12 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nucseg.export import export_model
     from nucseg.inference.predictor import Prediction, Predictor
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "export_model"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "export_model":
+        from nucseg.export import export_model
+
+        return export_model
     if name in __all__:
         from nucseg.inference import predictor
 

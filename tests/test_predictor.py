@@ -202,7 +202,7 @@ def test_cli_names_a_missing_checkpoint_or_input_in_one_line(ckpt, image_files, 
 
 
 def test_import_nucseg_is_light_and_exports_the_api():
-    assert nucseg.__all__ == ["Prediction", "Predictor"]
+    assert nucseg.__all__ == ["Prediction", "Predictor", "export_model"]
     code = "import sys, nucseg; assert 'torch' not in sys.modules; nucseg.Predictor; assert 'torch' in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=120)

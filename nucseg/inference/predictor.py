@@ -149,7 +149,8 @@ class Predictor:
                         overlap: float | None = None, tta: bool | str | Sequence[str] | None = None,
                         uncertainty: dict | None = None, postprocess: dict | None = None,
                         blend: str | None = None, tile_batch_size: int | None = None) -> Predictor:
-        """Load a checkpoint written by `python -m nucseg.train` (weights only, strictly).
+        """Load a checkpoint written by `python -m nucseg.train` (weights only, strictly), or a bioimage.io
+        package (.zip) written from one by `nucseg.export_model`.
 
         `postprocess` / `uncertainty`: keys to change (e.g. `{"min_size": 30}`, `{"method": "none"}`); keys
         absent or None keep the checkpoint's values. `device`: "cpu", "cuda", "cuda:1" or "auto". `tile`
@@ -160,7 +161,7 @@ class Predictor:
         defaults = {"tile": 512, "overlap": 0.25, "blend": "gaussian", "tile_batch_size": 1, "tta": False}
         given = {"tile": tile, "overlap": overlap, "blend": blend, "tile_batch_size": tile_batch_size, "tta": tta}
         window = _merge(defaults, given)
-        return cls(load_module(path), device=device, postprocess=postprocess, uncertainty=uncertainty,
+        return cls(_load_model(path), device=device, postprocess=postprocess, uncertainty=uncertainty,
                    tile=int(window["tile"]), overlap=float(window["overlap"]), blend=str(window["blend"]),
                    tile_batch_size=int(window["tile_batch_size"]), tta=window["tta"])
 
@@ -292,6 +293,13 @@ class Predictor:
             except Exception as exc:  # one bad file must not stop a folder of hundreds
                 result = exc
             yield path, result
+
+
+def _load_model(path: str | Path) -> SegmentationModule:
+    """A checkpoint, or a bioimage.io package exported by nucseg."""
+    from nucseg.export.package import is_package, load_package_module
+
+    return load_package_module(path) if is_package(path) else load_module(path)
 
 
 def _foreground_map(t: Tensor) -> np.ndarray:
