@@ -1,7 +1,11 @@
-"""Where does a trained model fail? Rank the test images of a run by Dice and group them by imaging type,
-size and crowding (nuclei per image, touching nuclei), from the run's own `figures/per_image.csv`.
+"""Where does a trained model fail? Rank the images of a run by Dice and group them by imaging type,
+size and crowding (nuclei per image, touching nuclei), from its `per_image.csv`.
 
-    NUCSEG_DATA_DIR=../shared/data python experiments/failure_analysis.py outputs/<task>/runs/<run>
+Choices are made on validation, so score the validation split with `nucseg.evaluate split=val` and analyse
+that folder (a training run's own `figures/per_image.csv` is its test split: read it once, to report):
+
+    python -m nucseg.evaluate ckpt_path=<run>/checkpoints/<best>.ckpt split=val paths.output_dir=<run>/val_eval
+    NUCSEG_DATA_DIR=../shared/data python experiments/failure_analysis.py <run>/val_eval
 
 Prints a Markdown report (and writes it with --out).
 """
@@ -42,10 +46,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    rows = list(csv.DictReader((args.run_dir / "figures" / "per_image.csv").open()))
+    table = args.run_dir / "per_image.csv"  # nucseg.evaluate's output; a training run keeps it under figures/
+    if not table.is_file():
+        table = args.run_dir / "figures" / "per_image.csv"
+    rows = list(csv.DictReader(table.open()))
     review: dict[str, str] = {}  # Bayesian runs: which test images the certainty sends to an expert
     unc = args.run_dir / "uncertainty" / "test_images.csv"
-    if unc.is_file():
+    if "needs_review" in rows[0]:
+        review = {r["id"]: r["needs_review"] for r in rows}
+    elif unc.is_file():
         review = {r["id"]: r["needs_review"] for r in csv.DictReader(unc.open())}
     src = DSB2018Source(args.root)
     for r in rows:
@@ -57,7 +66,7 @@ def main() -> None:
         r["iou"] = float(r["iou"])
 
     lines = [f"# Failure analysis of {args.run_dir}", "",
-             f"{len(rows)} test images; failure = Dice < {args.fail_dice}.", "",
+             f"{len(rows)} images ({table}); failure = Dice < {args.fail_dice}.", "",
              "| imaging type | images | mean Dice | mean IoU | failures |", "|---|---|---|---|---|"]
     by_group = defaultdict(list)
     for r in rows:

@@ -26,6 +26,7 @@ from nucseg.callbacks.instance_metrics import InstanceMetrics
 from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.models.module import load_module
 from nucseg.utils.config import align_data_with_checkpoint
+from nucseg.utils.errors import ConfigError
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
 from nucseg.utils.tables import write_csv
@@ -57,6 +58,19 @@ def write_per_image(path: Path, rows: list[dict]) -> None:
     write_csv(path, [c for c in PER_IMAGE_FIRST if any(c in r for r in rows)] + extra, rows)
 
 
+def _score_split(datamodule: Any, split: str) -> None:
+    """Serve `split` (e.g. val, for failure analysis and other choices that must not read the test split) as
+    the split the test loop scores."""
+    if split == "test":
+        return
+    datamodule.setup("test")
+    if not datamodule.splits.get(split):
+        raise ConfigError(f"split={split}: expected test, val or train (a non-empty split of "
+                          f"{datamodule.source.name}: {sorted(k for k, v in datamodule.splits.items() if v)})")
+    log.info("scoring the %s split (%d images) instead of the test split", split, len(datamodule.splits[split]))
+    datamodule.splits["test"] = list(datamodule.splits[split])
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint on `cfg.data`'s test split; write metrics.json, per_image.csv and overlays."""
     check_config(cfg, "evaluate")
@@ -68,6 +82,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.get("val_fraction", 0) == 0 and cfg.data.get("test_fraction", 0) == 1.0:
         log.info("evaluating every image of %s", cfg.data.source.get("root", cfg.data.source))
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    _score_split(datamodule, str(cfg.get("split") or "test"))
 
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
@@ -88,14 +103,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         rows = merge_rows(writer.rows, inst.rows, *unc)
         write_per_image(output_dir / "per_image.csv", rows)
         metrics["n_images"] = len(rows)
-        write_metrics(output_dir / "metrics.json", {**metrics, "ckpt_path": str(cfg.ckpt_path)})
+        write_metrics(output_dir / "metrics.json", {**metrics, "ckpt_path": str(cfg.ckpt_path),
+                                                     "split": str(cfg.get("split") or "test")})
     return metrics
 
 
-def headline(metrics: dict[str, Any]) -> str:
+def headline(metrics: dict[str, Any], split: str = "test") -> str:
     parts = [f"{k.split('/', 1)[1]} {metrics[k]:.4f}" for k in HEADLINE
              if isinstance(metrics.get(k), float) and math.isfinite(metrics[k])]
-    return f"{int(metrics.get('n_images', 0))} test images: " + ", ".join(parts)
+    return f"{int(metrics.get('n_images', 0))} {split} images: " + ", ".join(parts)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -107,7 +123,7 @@ def main(cfg: DictConfig) -> None:
             metrics = evaluate(cfg)
     finally:
         finish_wandb()
-    print(headline(metrics))
+    print(headline(metrics, str(cfg.get("split") or "test")))
     print(f"wrote {Path(cfg.paths.output_dir) / 'metrics.json'} and per_image.csv")
 
 

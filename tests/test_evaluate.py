@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 import torch
@@ -175,3 +176,28 @@ def test_uncertainty_rows_join_the_per_image_csv(ckpt, kaggle_dir, tmp_path, dat
     assert sorted(r["id"] for r in rows) == sorted(p.name for p in kaggle_dir.iterdir())
     assert all(0.0 <= float(r["certainty"]) <= 1.0 and r["dice_mc"] != "" for r in rows)
     assert "test/certainty_spearman" in metrics
+
+
+def test_split_val_scores_the_validation_images_and_a_bad_split_is_named(ckpt, kaggle_dir, tmp_path, data_dir,
+                                                                          cache_dir):
+    """`split=val` (failure analysis reads validation, never test): per_image.csv holds exactly the validation
+    images of the same split, and metrics.json says which split it scored."""
+    from nucseg.utils.errors import ConfigError
+
+    common = [f"ckpt_path={ckpt}", "data=dsb2018_test", f"data.source.root={kaggle_dir}", "data.num_workers=0",
+              "data.val_fraction=0.34", "data.test_fraction=0.33", "data.split_by=image",
+              "trainer.accelerator=cpu", "trainer.enable_model_summary=false", "trainer.enable_progress_bar=false",
+              "callbacks.rich_progress_bar=null", "logger=csv"]
+    cfg = compose_cfg(common + ["split=val"], tmp_path / "val", config_name="evaluate", data_dir=data_dir,
+                      cache_dir=cache_dir)
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("test")
+    val_ids = sorted(dm.splits["val"])
+    assert val_ids and not set(val_ids) & set(dm.splits["test"])
+    evaluate(cfg)
+    assert sorted(r["id"] for r in read_csv(tmp_path / "val" / "per_image.csv")) == val_ids
+    assert json.loads((tmp_path / "val" / "metrics.json").read_text())["split"] == "val"
+    bad = compose_cfg(common + ["split=tain"], tmp_path / "bad", config_name="evaluate", data_dir=data_dir,
+                      cache_dir=cache_dir)
+    with pytest.raises(ConfigError, match="split=tain"):
+        evaluate(bad)
