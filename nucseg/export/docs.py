@@ -40,9 +40,11 @@ def _training_data(meta: dict[str, Any], ckpt_path: Path) -> str:
     if run_cfg.is_file():
         from omegaconf import OmegaConf
 
-        data = OmegaConf.to_container(OmegaConf.load(run_cfg).get("data") or {}, resolve=False)
+        run = OmegaConf.to_container(OmegaConf.load(run_cfg), resolve=False)
+        data = run.get("data") if isinstance(run, dict) else None
         if isinstance(data, dict):
-            source = data.get("source") if isinstance(data.get("source"), dict) else {}
+            found = data.get("source")
+            source: dict[Any, Any] = found if isinstance(found, dict) else {}
             split = {k: data[k] for k in ("split_by", "val_fraction", "test_fraction", "split_seed", "holdout_types")
                      if k in data}
             return (f"From the training run's config: source `{source.get('_target_', '?')}` at "
