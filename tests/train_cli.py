@@ -13,7 +13,7 @@ from conftest import DATA_DIR, FAST_OVERRIDES, PROJECT_ROOT
 # What these tests check needs checkpoints, not the evaluation/figure callbacks (tested elsewhere); no
 # sanity-check validation. Keeps each real run to a few seconds of compute.
 LEAN = ["trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=1",
-        "callbacks=[model_checkpoint,rich_progress_bar]"]
+        "callbacks=[model_checkpoint,last_checkpoint,rich_progress_bar]"]
 
 
 def train_env(**extra: str) -> dict[str, str]:
