@@ -19,6 +19,9 @@ def test_plan_schedule_fills_the_time_with_whole_epochs_and_even_validations():
     assert plan_schedule(1000, 0.5, 10, 60, 100, 1) == (18, 18)
     # 200 s - 4 x 10 s - 60 s = 100 s = 200 steps: 2 epochs, fewer than the validations: validate every epoch
     assert plan_schedule(200, 0.5, 10, 60, 100, 4) == (2, 1)
+    # the validations that do not run buy training: 672 s after the test fit 3 epochs of 159 s + 50 s (a plan
+    # that kept 4 validations of 50 s would fit only 2)
+    assert plan_schedule(1286, 1.593, 50, 614, 100, 4) == (3, 1)
     with pytest.raises(ConfigError, match="budget"):
         plan_schedule(100, 0.5, 10, 60, 100, 4)
 

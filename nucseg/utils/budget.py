@@ -91,7 +91,12 @@ def plan_schedule(available_s: float, step_s: float, val_s: float, test_s: float
             f"({step_s:.2f} s/step measured, {validations} validations of {val_s:.0f} s and a test of "
             f"{test_s:.0f} s): raise budget.minutes or lower data.samples_per_epoch")
     if epochs_possible < validations:
-        return epochs_possible, 1
+        # fewer epochs than validations: validate after each, and spend the validations not run on training
+        per_epoch = steps_per_epoch * step_s + val_s
+        epochs = max(1, int((available_s - test_s) // per_epoch))
+        if max_steps:
+            epochs = min(epochs, max(1, int(max_steps) // steps_per_epoch))
+        return min(epochs, validations), 1
     every = epochs_possible // validations
     return every * validations, every
 
