@@ -67,34 +67,34 @@ def run_predict(cfg: DictConfig) -> PredictReport:
     require_images(files, cfg.input)
     files, stems, suffix = select_shard(files, unique_stems(files), cfg.get("shard"))
     settings = records.run_settings(cfg.ckpt_path, {k: _plain(cfg.get(k)) for k in records.SETTING_KEYS})
-    done = {} if cfg.get("overwrite", False) else {
-        s: r for f, s in zip(files, stems, strict=True) if (r := records.completed(out_dir, s, f, settings))}
+    done = {} if cfg.get("overwrite", False) else records.done_images(out_dir, files, stems, settings)
     report.resumed = list(done)
-    if done:
-        log.info("%d of %d image(s) already done (outputs present): skipped; overwrite=true redoes them",
-                 len(done), len(files))
     records.remove_stale_temporaries(out_dir, [f"{t}{suffix}.csv" for t in TABLES])
-    rle = bool(cfg.get("rle", False))
+    todo = [(f, s) for f, s in zip(files, stems, strict=True) if s not in done]
+    predictor = _load_predictor(cfg, len(todo)) if todo else None  # a bad checkpoint: no table is written
     try:
-        todo = [(f, s) for f, s in zip(files, stems, strict=True) if s not in done]
-        if todo:
-            _predict_images(cfg, todo, out_dir, settings, done, report)
+        if predictor is not None:
+            _predict_images(predictor, cfg, todo, out_dir, settings, done, report)
     finally:  # what was done is written even when the run is interrupted
         report.summary, report.nuclei, report.submission = records.table_rows(done[s] for s in stems if s in done)
-        write_tables(out_dir, report.summary, report.nuclei, report.errors, report.submission if rle else None,
-                     suffix=suffix)
+        write_tables(out_dir, report.summary, report.nuclei, report.errors,
+                     report.submission if cfg.get("rle", False) else None, suffix=suffix)
     return report
 
 
-def _predict_images(cfg: DictConfig, todo: list[tuple[Path, str]], out_dir: Path, settings: dict,
-                    done: dict[str, dict], report: PredictReport) -> None:
-    """Predict the (file, output name) pairs of `todo`, adding their records to `done`."""
+def _load_predictor(cfg: DictConfig, n_images: int) -> Predictor:
     predictor = Predictor.from_checkpoint(
         cfg.ckpt_path, device=cfg.get("device", "auto"), tile=cfg.tile, overlap=cfg.overlap, blend=cfg.blend,
         tile_batch_size=cfg.get("tile_batch_size"), tta=_plain(cfg.get("tta")),
         postprocess=_plain(cfg.get("postprocess")), uncertainty=_plain(cfg.get("uncertainty")))
     log.info("checkpoint %s: targets=%s, uncertainty=%s, %d image(s) to predict", cfg.ckpt_path,
-             predictor.module.hparams.get("targets"), predictor.method, len(todo))
+             predictor.module.hparams.get("targets"), predictor.method, n_images)
+    return predictor
+
+
+def _predict_images(predictor: Predictor, cfg: DictConfig, todo: list[tuple[Path, str]], out_dir: Path,
+                    settings: dict, done: dict[str, dict], report: PredictReport) -> None:
+    """Predict the (file, output name) pairs of `todo`, adding their records to `done`."""
     with progress_bar(bool(cfg.get("progress", True)), "[bold]predict[/bold] ") as progress:
         task = progress.add_task("", total=len(todo))
         t0 = time.perf_counter()

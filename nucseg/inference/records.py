@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,10 @@ from nucseg.inference.inputs import OUTPUT_SUFFIXES
 if TYPE_CHECKING:
     from nucseg.inference.predictor import Prediction
 
-__all__ = ["RECORD_DIR", "SETTING_KEYS", "completed", "forget", "make_record", "remove_stale_temporaries",
-           "run_settings", "save_record", "table_rows", "write_image"]
+__all__ = ["RECORD_DIR", "SETTING_KEYS", "completed", "done_images", "forget", "make_record",
+           "remove_stale_temporaries", "run_settings", "save_record", "table_rows", "write_image"]
+
+log = logging.getLogger(__name__)
 
 RECORD_DIR = ".records"
 # config keys whose value changes an image's outputs (device and tile_batch_size only change the speed)
@@ -64,6 +67,16 @@ def completed(out_dir: Path, stem: str, path: Path, settings: Mapping[str, Any])
         return record if same and all((out_dir / name).is_file() for name in record["outputs"]) else None
     except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable or not a record: not done
         return None
+
+
+def done_images(out_dir: Path, files: Sequence[Path], stems: Sequence[str], settings: Mapping[str, Any]
+                ) -> dict[str, dict[str, Any]]:
+    """Output name -> record of the images of `files` (named `stems`) that are done (see `completed`)."""
+    done = {s: r for f, s in zip(files, stems, strict=True) if (r := completed(out_dir, s, f, settings))}
+    if done:
+        log.info("%d of %d image(s) done before (outputs present): skipped; overwrite=true redoes them", len(done),
+                 len(files))
+    return done
 
 
 def _temporaries(directory: Path, name: str) -> list[str]:
