@@ -8,6 +8,8 @@ certainty, a needs_review flag, the count of NaN / inf pixels and a warning for 
 (one row per nucleus), `errors.csv` (inputs that could not be read or processed, by name), and with `rle=true`
 a Kaggle `submission.csv`. A bad file does not stop the run; the exit status is non-zero only when no image
 could be processed; bad settings stop it before any work (exit status 2). The engine is `nucseg.Predictor`.
+A rerun skips images whose outputs are all there (`overwrite=true` redoes them; nucseg.inference.records);
+`shard=i/n` predicts part i of n of the inputs, `merge=true` joins the shards' tables (nucseg.inference.shards).
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.inference import records
 from nucseg.inference.inputs import list_inputs, require_images, unique_stems
 from nucseg.inference.predictor import Predictor
-from nucseg.inference.writers import submission_rows, write_image_outputs, write_tables
+from nucseg.inference.shards import TABLES, merge_shards, select_shard
+from nucseg.inference.writers import write_tables
+from nucseg.utils.errors import ConfigError
 from nucseg.utils.progress import progress_bar
 from nucseg.utils.validate import check_config
 
@@ -34,17 +39,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PredictReport:
+    """Rows of the tables written; `predicted` / `resumed`: images done by this run / found done already."""
+
     summary: list[dict] = field(default_factory=list)
     nuclei: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     submission: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    predicted: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    shards: int = 0
 
 
 def run_predict(cfg: DictConfig) -> PredictReport:
-    """Predict every image under `cfg.input` into `cfg.output`; per-file failures are recorded, not raised.
-
-    Bad settings and a missing checkpoint or input raise ConfigError before any work."""
+    """Predict every image under `cfg.input` (or part `cfg.shard` of them) into `cfg.output`, skipping images
+    done by an earlier run unless `cfg.overwrite`; per-file failures are recorded, not raised. With
+    `cfg.merge`, join the shards' tables instead. Bad settings raise ConfigError before any work."""
+    if cfg.get("merge", False):
+        return run_merge(cfg)
     check_config(cfg, "predict")
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,38 +65,66 @@ def run_predict(cfg: DictConfig) -> PredictReport:
     for s in skipped:
         log.info("skipped %s: not an image file (expected one of .png, .tif, .tiff, .jpg, .jpeg, .bmp)", s)
     require_images(files, cfg.input)
+    files, stems, suffix = select_shard(files, unique_stems(files), cfg.get("shard"))
+    settings = records.run_settings(cfg.ckpt_path, {k: _plain(cfg.get(k)) for k in records.SETTING_KEYS})
+    done = {} if cfg.get("overwrite", False) else records.done_images(out_dir, files, stems, settings)
+    report.resumed = list(done)
+    records.remove_stale_temporaries(out_dir, [f"{t}{suffix}.csv" for t in TABLES])
+    todo = [(f, s) for f, s in zip(files, stems, strict=True) if s not in done]
+    predictor = _load_predictor(cfg, len(todo)) if todo else None  # a bad checkpoint: no table is written
+    try:
+        if predictor is not None:
+            _predict_images(predictor, cfg, todo, out_dir, settings, done, report)
+    finally:  # what was done is written even when the run is interrupted
+        report.summary, report.nuclei, report.submission = records.table_rows(done[s] for s in stems if s in done)
+        write_tables(out_dir, report.summary, report.nuclei, report.errors,
+                     report.submission if cfg.get("rle", False) else None, suffix=suffix)
+    return report
 
+
+def _load_predictor(cfg: DictConfig, n_images: int) -> Predictor:
     predictor = Predictor.from_checkpoint(
         cfg.ckpt_path, device=cfg.get("device", "auto"), tile=cfg.tile, overlap=cfg.overlap, blend=cfg.blend,
         tile_batch_size=cfg.get("tile_batch_size"), tta=_plain(cfg.get("tta")),
         postprocess=_plain(cfg.get("postprocess")), uncertainty=_plain(cfg.get("uncertainty")))
-    log.info("checkpoint %s: targets=%s, uncertainty=%s, %d input image(s)", cfg.ckpt_path,
-             predictor.module.hparams.get("targets"), predictor.method, len(files))
-    rle = bool(cfg.get("rle", False))
-    try:
-        with progress_bar(bool(cfg.get("progress", True)), "[bold]predict[/bold] ") as progress:
-            task = progress.add_task("", total=len(files))
+    log.info("checkpoint %s: targets=%s, uncertainty=%s, %d image(s) to predict", cfg.ckpt_path,
+             predictor.module.hparams.get("targets"), predictor.method, n_images)
+    return predictor
+
+
+def _predict_images(predictor: Predictor, cfg: DictConfig, todo: list[tuple[Path, str]], out_dir: Path,
+                    settings: dict, done: dict[str, dict], report: PredictReport) -> None:
+    """Predict the (file, output name) pairs of `todo`, adding their records to `done`."""
+    with progress_bar(bool(cfg.get("progress", True)), "[bold]predict[/bold] ") as progress:
+        task = progress.add_task("", total=len(todo))
+        t0 = time.perf_counter()
+        for (path, result), (_, stem) in zip(predictor.predict_files(f for f, _ in todo), todo, strict=True):
+            if not isinstance(result, Exception):
+                try:
+                    done[stem] = records.write_image(out_dir, stem, path, result, settings,
+                                                     overlay=bool(cfg.get("overlay", True)), rle=bool(cfg.get("rle")))
+                except Exception as exc:  # one bad file must not stop a folder of hundreds
+                    result = exc
+            if isinstance(result, Exception):
+                records.forget(out_dir, stem)  # what an earlier run wrote for it is not this run's result
+                log.error("%s: failed: %s", path, result)
+                report.errors.append({"file": str(path), "error": f"{type(result).__name__}: {result}"})
+            else:
+                report.predicted.append(stem)
+                log.info("%s: %d nuclei in %.1fs%s", path.name, len(result.nuclei), time.perf_counter() - t0,
+                         "" if result.certainty is None else f", certainty {result.certainty:.3f}")
+            progress.update(task, advance=1, description=path.name)
             t0 = time.perf_counter()
-            for (path, result), stem in zip(predictor.predict_files(files), unique_stems(files), strict=True):
-                if not isinstance(result, Exception):
-                    try:
-                        write_image_outputs(out_dir, stem, result, overlay=bool(cfg.get("overlay", True)))
-                    except Exception as exc:  # one bad file must not stop a folder of hundreds
-                        result = exc
-                if isinstance(result, Exception):
-                    log.error("%s: failed: %s", path, result)
-                    report.errors.append({"file": str(path), "error": f"{type(result).__name__}: {result}"})
-                else:
-                    report.summary.append({"image": stem, "file": str(path), **result.summary()})
-                    report.nuclei += [{"image": stem, **n} for n in result.nuclei]
-                    report.submission += submission_rows(stem, result.labels) if rle else []
-                    log.info("%s: %d nuclei in %.1fs%s", path.name, len(result.nuclei), time.perf_counter() - t0,
-                             "" if result.certainty is None else f", certainty {result.certainty:.3f}")
-                progress.update(task, advance=1, description=path.name)
-                t0 = time.perf_counter()
-    finally:  # what was done is written even when the run is interrupted
-        write_tables(out_dir, report.summary, report.nuclei, report.errors, report.submission if rle else None)
-    return report
+
+
+def run_merge(cfg: DictConfig) -> PredictReport:
+    """`merge=true`: the final tables of `cfg.output` from the tables of its shards (see nucseg.inference.shards)."""
+    check_config(cfg, "predict_merge")
+    if cfg.get("shard") is not None:
+        raise ConfigError(f"shard={cfg.shard!r}: merge=true joins the tables of all shards; leave shard out")
+    merged = merge_shards(Path(cfg.output))
+    log.info("merged the tables of %d shards into %s", merged.shards, cfg.output)
+    return PredictReport(summary=list(merged.summary), errors=list(merged.errors), shards=merged.shards)
 
 
 def _plain(node: Any) -> Any:
@@ -99,11 +139,13 @@ def main(cfg: DictConfig) -> None:
     with friendly_errors():
         report = run_predict(cfg)
     n_ok, n_err = len(report.summary), len(report.errors)
-    total = sum(r["nucleus_count"] for r in report.summary)
-    print(f"predicted {n_ok} image(s), {total} nuclei -> {cfg.output}"
+    total = sum(int(r["nucleus_count"]) for r in report.summary)
+    done = (f"merged {report.shards} shards: " if report.shards else "") + f"{n_ok} image(s)" + (
+        f" ({len(report.resumed)} done before)" if report.resumed else "")
+    print(f"{done}, {total} nuclei -> {cfg.output}"
           + (f"; {n_err} failed (see errors.csv): {', '.join(Path(e['file']).name for e in report.errors)}"
              if n_err else ""))
-    if n_ok == 0:
+    if n_ok == 0 and n_err:
         log.error("no input image could be processed")
         sys.exit(1)
 

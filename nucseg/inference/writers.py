@@ -41,9 +41,10 @@ def label_dtype(labels: np.ndarray) -> type:
     return np.uint16 if int(labels.max(initial=0)) <= np.iinfo(np.uint16).max else np.uint32
 
 
-def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: bool = True) -> None:
+def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: bool = True) -> list[str]:
     """`<stem>_labels.tif`, `<stem>_prob.tif` (float32 nucleus probability), `<stem>_uncertainty.tif` (a
-    float32 stack, one page per map, when there are maps) and `<stem>_overlay.png`, each written atomically."""
+    float32 stack, one page per map, when there are maps) and `<stem>_overlay.png`, each written atomically;
+    returns the names written."""
     from nucseg.viz.overlays import outline_overlay, save_png
 
     dtype = label_dtype(pred.labels)
@@ -58,6 +59,9 @@ def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: boo
                            tiff_bytes(stack, imagej=True, metadata={"axes": "ZYX", "Labels": names}))
     if overlay:
         save_png(out_dir / f"{stem}_overlay.png", outline_overlay(pred.image, pred.labels))
+    written = ["_labels.tif", "_prob.tif", *(["_uncertainty.tif"] if pred.uncertainty else []),
+               *(["_overlay.png"] if overlay else [])]
+    return [f"{stem}{suffix}" for suffix in written]
 
 
 def submission_rows(stem: str, labels: np.ndarray) -> list[dict[str, str]]:
@@ -69,10 +73,11 @@ def submission_rows(stem: str, labels: np.ndarray) -> list[dict[str, str]]:
 
 
 def write_tables(out_dir: Path, summary: Iterable[dict], nuclei: Iterable[dict], errors: Iterable[dict],
-                 submission: Iterable[dict] | None = None) -> None:
-    """summary.csv, nuclei.csv, errors.csv and (when given) submission.csv; floats to 6 decimals."""
-    write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summary, digits=6)
-    write_csv(out_dir / "nuclei.csv", NUCLEI_COLUMNS, nuclei, digits=6)
-    write_csv(out_dir / "errors.csv", ERROR_COLUMNS, errors, digits=6)
+                 submission: Iterable[dict] | None = None, suffix: str = "") -> None:
+    """summary<suffix>.csv, nuclei, errors and (when given) submission (`suffix`: e.g. ".shard-0-of-4"), each
+    written atomically; floats to 6 decimals."""
+    write_csv(out_dir / f"summary{suffix}.csv", SUMMARY_COLUMNS, summary, digits=6)
+    write_csv(out_dir / f"nuclei{suffix}.csv", NUCLEI_COLUMNS, nuclei, digits=6)
+    write_csv(out_dir / f"errors{suffix}.csv", ERROR_COLUMNS, errors, digits=6)
     if submission is not None:
-        write_csv(out_dir / "submission.csv", SUBMISSION_COLUMNS, submission, digits=6)
+        write_csv(out_dir / f"submission{suffix}.csv", SUBMISSION_COLUMNS, submission, digits=6)

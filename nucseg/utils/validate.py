@@ -80,6 +80,12 @@ def _file(v: Any) -> bool:
     return isinstance(v, str | Path) and Path(v).is_file()
 
 
+def _shard(v: Any) -> bool:
+    from nucseg.inference.shards import parse_shard
+
+    return parse_shard(v) is not None
+
+
 def _exists(v: Any) -> bool:
     return isinstance(v, str | Path) and Path(v).exists()
 
@@ -91,7 +97,10 @@ RULES: dict[str, Rule] = {
     "ckpt_path": Rule(_file, "an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)", _LOADS, True),
     "input": Rule(_exists, "an existing image file or folder", frozenset({"predict"}), True),
     "output": Rule(lambda v: not Path(str(v)).is_file(), "a folder (created if missing), not a file",
-                   frozenset({"predict"})),
+                   frozenset({"predict", "predict_merge"})),
+    "shard": Rule(_shard, "i/n with 0 <= i < n (part i of n of the inputs, e.g. 0/4)", frozenset({"predict"})),
+    "overwrite": Rule(one_of(True, False), "true or false", frozenset({"predict"})),
+    "merge": Rule(one_of(True, False), "true or false", frozenset({"predict", "predict_merge"})),
     # sliding-window prediction
     "tile": Rule(integer(STRIDE, STRIDE), f"a positive multiple of {STRIDE} (e.g. 512)"),
     "overlap": Rule(number(0, 1, hi_open=True), "a fraction of a tile, 0 <= overlap < 1 (e.g. 0.25)"),
@@ -156,7 +165,7 @@ def violations(cfg: DictConfig, entry: str, rules: dict[str, Rule] | None = None
 
 def check_config(cfg: DictConfig, entry: str) -> None:
     """Raise one `ConfigError` listing every value of `cfg` that breaks its rule (`entry`: train, evaluate,
-    tune or predict)."""
+    tune, predict or predict_merge)."""
     bad = violations(cfg, entry)
     if bad:
         raise ConfigError("; ".join(bad))
