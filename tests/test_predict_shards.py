@@ -152,7 +152,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     for var in ("NUCSEG_FULL_ERROR", "HYDRA_FULL_ERROR"):
         env.pop(var, None)
-    return subprocess.run([sys.executable, "-m", "nucseg.predict", "progress=false", "device=cpu", *args],
+    flags = [a for a in args if a.startswith("-")]  # Hydra's flags (e.g. -m) before every override
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.run([sys.executable, "-m", "nucseg.predict", *flags, "progress=false", "device=cpu",
+                           *overrides],
                           capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300)
 
 
