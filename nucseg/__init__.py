@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nucseg.export import export_model
-    from nucseg.inference.predictor import Prediction, Predictor
+    from nucseg.inference.prediction import Prediction
+    from nucseg.inference.predictor import Predictor
 
 __all__ = ["Prediction", "Predictor", "export_model"]
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.models.module import SegmentationModule
 from nucseg.utils.budget import apply_budget, reuse_budget
+from nucseg.utils.checkpoint import MODEL_FILE, publish_model
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
@@ -82,6 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(to_float_dict(trainer.callback_metrics))
         if ckpt:
             metrics["best_model_path"] = ckpt  # type: ignore[assignment]
+            if trainer.is_global_zero:
+                publish_model(ckpt, output_dir / "checkpoints" / MODEL_FILE)
 
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", metrics)

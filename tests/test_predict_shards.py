@@ -250,8 +250,6 @@ def test_overwrite_and_changed_settings_or_inputs_redo_images(ckpt, good_dir, re
 def test_a_killed_run_leaves_no_partial_image_and_a_rerun_completes_it(ckpt, good_dir, resumable, monkeypatch):
     """Interrupted while an image's outputs are written: that image has nothing left, the tables hold the
     images done; after SIGKILL (simulated: outputs written, no record, a temporary file) the image is redone."""
-    import nucseg.inference.writers as writers
-
     clean, out = resumable
     stems = [r["image"] for r in read_csv(clean / "summary.csv")]
     for p in [*out.glob(f"{stems[3]}_*"), out / records.RECORD_DIR / f"{stems[3]}.json",
@@ -259,15 +257,18 @@ def test_a_killed_run_leaves_no_partial_image_and_a_rerun_completes_it(ckpt, goo
         p.unlink()
     (out / f".{stems[1]}_prob.tif.x1y2.tmp").write_bytes(b"half a tiff")
     calls = []
-    real = writers.tiff_bytes
+    import tifffile
 
-    def interrupted(*args, **kwargs):
+    real = tifffile.imwrite
+
+    def interrupted(f, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:  # the probability map of the second image redone (stems[3])
+        if len(calls) == 4:  # half-way through the probability map of the second image redone (stems[3])
+            f.write(b"II*\x00 half a tiff")
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(f, *args, **kwargs)
 
-    monkeypatch.setattr(writers, "tiff_bytes", interrupted)
+    monkeypatch.setattr(tifffile, "imwrite", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict(ckpt, good_dir, out, "rle=true")
     monkeypatch.undo()

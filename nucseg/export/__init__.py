@@ -1,9 +1,9 @@
 """Models that leave the framework: a nucseg checkpoint as a bioimage.io package, ONNX or TorchScript.
 
     import nucseg
-    nucseg.export_model("runs/x/checkpoints/last.ckpt", "bioimageio", "nuclei.zip", image="img.png",
+    nucseg.export_model("runs/x/checkpoints/model.ckpt", "bioimageio", "nuclei.zip", image="img.png",
                         authors=[{"name": "Jane Doe"}])
-    nucseg.export_model("last.ckpt", "onnx", "nuclei.onnx")
+    nucseg.export_model("model.ckpt", "onnx", "nuclei.onnx")
 
 `python -m nucseg.export ckpt_path=... format=bioimageio|onnx|torchscript output=...` is the same from the
 command line. What each format keeps:

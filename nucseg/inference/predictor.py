@@ -1,7 +1,7 @@
 """The inference engine as a library: a checkpoint in, nuclei out, for one image or many.
 
     import nucseg
-    p = nucseg.Predictor.from_checkpoint("runs/x/checkpoints/last.ckpt")
+    p = nucseg.Predictor.from_checkpoint("runs/x/checkpoints/model.ckpt")
     r = p.predict(image)          # any (H, W) or (H, W, C) array, 8/16-bit or float
     r.labels, r.probability, r.nuclei, r.certainty, r.needs_review
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from nucseg.data.io import IntensityCheck, normalize_checked, read_raw, to_rgb
+from nucseg.inference.prediction import Prediction
 from nucseg.inference.sliding_window import sliding_window_inference
 from nucseg.inference.tta import tta_mean
 from nucseg.models.module import SegmentationModule, load_module
@@ -38,60 +38,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@dataclass
-class Prediction:
-    """What the model found in one image.
-
-    labels: (H, W) int32 instance labels, 0 = background, nuclei numbered 1..N.
-    probs: (K, H, W) float32 probabilities (K = 1 nucleus channel, or 3 with contour and touching borders).
-    image: (H, W, 3) uint8, the input as the model saw it (percentile-normalised, CLAHE if trained with it).
-    uncertainty: name -> (H, W) float32 map (entropy, mutual_info, variance); empty without an uncertainty
-        method.
-    certainty: image certainty in [0, 1] (agreement of the uncertainty samples); None without one.
-    needs_review: certainty < the review threshold; None when either is missing.
-    nuclei: one dict per nucleus, in label order (`nucseg.instances.measure.COLUMNS`: nucleus_id, area,
-        centroid_y, centroid_x, equivalent_diameter, eccentricity, mean_intensity); pixels, and intensity in
-        the input's own units.
-    nonfinite_pixels: input pixels with a NaN / inf value (ignored by the normalisation, seen as 0).
-    warning: None, or why the result is not to be trusted ("constant image", "nearly constant image", "no
-        finite pixels"); an image with a warning always has needs_review=True.
-    """
-
-    labels: np.ndarray
-    probs: np.ndarray
-    image: np.ndarray
-    uncertainty: dict[str, np.ndarray] = field(default_factory=dict)
-    certainty: float | None = None
-    needs_review: bool | None = None
-    nuclei: list[dict[str, Any]] = field(default_factory=list)
-    nonfinite_pixels: int = 0
-    warning: str | None = None
-
-    @property
-    def probability(self) -> np.ndarray:
-        """(H, W) float32 nucleus (foreground) probability."""
-        return self.probs[0]
-
-    def summary(self) -> dict[str, Any]:
-        """height, width, nucleus_count, mean_area (pixels), certainty, needs_review, nonfinite_pixels, warning."""
-        areas = [n["area"] for n in self.nuclei]
-        return {"height": int(self.labels.shape[0]), "width": int(self.labels.shape[1]),
-                "nucleus_count": len(self.nuclei), "mean_area": float(np.mean(areas)) if areas else 0.0,
-                "certainty": self.certainty, "needs_review": self.needs_review,
-                "nonfinite_pixels": self.nonfinite_pixels, "warning": self.warning}
-
-    def to_dataframe(self) -> Any:
-        """The per-nucleus table as a pandas DataFrame (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:
-            raise ImportError("Prediction.to_dataframe needs pandas (pip install pandas); "
-                              "Prediction.nuclei holds the same table as a list of dicts") from exc
-        from nucseg.instances.measure import COLUMNS
-
-        return pd.DataFrame(self.nuclei, columns=list(COLUMNS))
 
 
 def _merge(base: dict | None, overrides: dict | None) -> dict:
@@ -118,6 +64,8 @@ class Predictor:
                  overlap: float = 0.25, blend: str = "gaussian", tile_batch_size: int = 1,
                  tta: bool | str | Sequence[str] | None = False, postprocess: dict | None = None,
                  uncertainty: dict | None = None):
+        check_settings(device=str(device), tile=tile, overlap=overlap, blend=blend, tile_batch_size=tile_batch_size,
+                       postprocess=postprocess, uncertainty=uncertainty)
         self.module = module.eval()
         self.device = resolve_device(device)
         self.module.to(self.device)
@@ -133,8 +81,12 @@ class Predictor:
             raise ValueError(f"tta: expected false, flips, all or a list of op names, got {tta!r}")
         if self.method != "none" and self.review_threshold() is None:
             log.warning("uncertainty.review_threshold of the checkpoint is %r, not a number: needs_review is left "
-                        "empty; pass uncertainty.review_threshold=<value> to flag uncertain images",
-                        (self.uncertainty or {}).get("review_threshold"))
+                        "empty; pass uncertainty.review_threshold=<value>, or use the run's checkpoints/model.ckpt "
+                        "(last.ckpt is for resuming training)", (self.uncertainty or {}).get("review_threshold"))
+        if self.postprocess.get("tune") and not self.postprocess.get("tuned") and not postprocess:
+            log.warning("the checkpoint's post-processing was to be tuned on validation but holds no tuned values: "
+                        "predicting with the defaults; use the run's checkpoints/model.ckpt (last.ckpt is for "
+                        "resuming training) or `python -m nucseg.tune ckpt_path=...`")
         if self.tta and self.method != "none":
             log.info("tta=%s ignored: the model's uncertainty method (%s) already averages its samples",
                      self.tta, self.method)
@@ -161,6 +113,8 @@ class Predictor:
         defaults = {"tile": 512, "overlap": 0.25, "blend": "gaussian", "tile_batch_size": 1, "tta": False}
         given = {"tile": tile, "overlap": overlap, "blend": blend, "tile_batch_size": tile_batch_size, "tta": tta}
         window = _merge(defaults, given)
+        check_settings(ckpt_path=str(path), device=str(device), postprocess=postprocess, uncertainty=uncertainty,
+                       **{k: v for k, v in window.items() if k != "tta"})
         return cls(_load_model(path), device=device, postprocess=postprocess, uncertainty=uncertainty,
                    tile=int(window["tile"]), overlap=float(window["overlap"]), blend=str(window["blend"]),
                    tile_batch_size=int(window["tile_batch_size"]), tta=window["tta"])
@@ -204,7 +158,10 @@ class Predictor:
         return torch.sigmoid(self.module.predict_logits(x))
 
     def _window(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        return sliding_window_inference(fn, x, tile=self.tile, overlap=self.overlap, blend=self.blend,
+        """`fn` over the tiles of the (1, 3, H, W) uint8 image `x`, each tile scaled to [0, 1] floats on its own:
+        a float copy of a whole 8192-px image would cost 0.8 GB."""
+        return sliding_window_inference(lambda t: fn(t.float().div(255.0)), x, tile=self.tile,
+                                        overlap=self.overlap, blend=self.blend,
                                         pad_multiple=int(self.module.pad_multiple),
                                         tile_batch_size=self.tile_batch_size, output_device="cpu")
 
@@ -212,8 +169,7 @@ class Predictor:
     def probabilities(self, image: np.ndarray) -> tuple[Tensor, Tensor | None]:
         """A prepared (H, W, 3) uint8 image (see `prepare`) -> the (1, K, H, W) float32 probabilities on the
         CPU, and the (T, 1, K, H, W) uncertainty samples (None without an uncertainty method)."""
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)[None]
-        x = x.to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(self.device)
         if self.method == "none":
             ops: Any = self.tta  # "flips", "all" or a list of op names
             fn = self._probs_fn if not ops else (lambda t: tta_mean(self._probs_fn, t, ops))
@@ -293,6 +249,16 @@ class Predictor:
             except Exception as exc:  # one bad file must not stop a folder of hundreds
                 result = exc
             yield path, result
+
+
+def check_settings(**settings: Any) -> None:
+    """The library's arguments against the rules of `python -m nucseg.predict` (nucseg.utils.validate): a bad
+    value raises one ConfigError naming it, before a checkpoint is read or an image touched."""
+    from omegaconf import OmegaConf
+
+    from nucseg.utils.validate import check_config
+
+    check_config(OmegaConf.create({k: v for k, v in settings.items() if v is not None}), "predictor")
 
 
 def _load_model(path: str | Path) -> SegmentationModule:

@@ -22,7 +22,7 @@ from nucseg.data.io import atomic_write_text
 from nucseg.inference.inputs import OUTPUT_SUFFIXES
 
 if TYPE_CHECKING:
-    from nucseg.inference.predictor import Prediction
+    from nucseg.inference.prediction import Prediction
 
 __all__ = ["RECORD_DIR", "SETTING_KEYS", "completed", "done_images", "forget", "make_record",
            "remove_stale_temporaries", "run_settings", "save_record", "table_rows", "write_image"]

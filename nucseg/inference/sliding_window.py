@@ -97,7 +97,7 @@ def sliding_window_inference(
             out[..., y:y + th, x:x + tw] += preds[j * b:(j + 1) * b] * weight
             norm[y:y + th, x:x + tw] += weight
     assert out is not None
-    return (out / norm)[..., :h, :w]
+    return out.div_(norm)[..., :h, :w]  # in place: the output can be gigabytes
 
 
 def _check(pred: Tensor, n: int, h: int, w: int) -> Tensor:

@@ -3,21 +3,20 @@ per-run tables (summary, nuclei, errors, Kaggle submission)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nucseg.data.io import atomic_write_bytes
+from nucseg.data.io import atomic_write
 from nucseg.instances.measure import COLUMNS as MEASURE_COLUMNS
 from nucseg.utils.tables import write_csv
 
 if TYPE_CHECKING:
-    from nucseg.inference.predictor import Prediction
+    from nucseg.inference.prediction import Prediction
 
-__all__ = ["ERROR_COLUMNS", "NUCLEI_COLUMNS", "SUMMARY_COLUMNS", "label_dtype", "submission_rows", "tiff_bytes",
+__all__ = ["ERROR_COLUMNS", "NUCLEI_COLUMNS", "SUMMARY_COLUMNS", "label_dtype", "submission_rows", "write_tiff",
            "write_image_outputs", "write_tables"]
 
 SUMMARY_COLUMNS = ("image", "file", "height", "width", "nucleus_count", "mean_area", "certainty", "needs_review",
@@ -27,13 +26,12 @@ ERROR_COLUMNS = ("file", "error")
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
 
 
-def tiff_bytes(array: np.ndarray, **kwargs: Any) -> bytes:
-    """The TIFF file of `array` in memory (kwargs go to tifffile.imwrite), to be written atomically."""
+def write_tiff(path: Path, array: np.ndarray, **kwargs: Any) -> None:
+    """`array` as a TIFF file, written atomically straight into the file (kwargs go to tifffile.imwrite): no
+    in-memory copy of what may be hundreds of megabytes."""
     import tifffile
 
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, array, **kwargs)
-    return buf.getvalue()
+    atomic_write(path, lambda f: tifffile.imwrite(f, array, **kwargs))
 
 
 def label_dtype(labels: np.ndarray) -> type:
@@ -49,14 +47,12 @@ def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: boo
 
     dtype = label_dtype(pred.labels)
     # ImageJ hyperstacks hold 8/16-bit and float32; uint32 labels are written as a plain TIFF
-    atomic_write_bytes(out_dir / f"{stem}_labels.tif",
-                       tiff_bytes(pred.labels.astype(dtype), imagej=dtype == np.uint16))
-    atomic_write_bytes(out_dir / f"{stem}_prob.tif", tiff_bytes(pred.probability.astype(np.float32), imagej=True))
+    write_tiff(out_dir / f"{stem}_labels.tif", pred.labels.astype(dtype), imagej=dtype == np.uint16)
+    write_tiff(out_dir / f"{stem}_prob.tif", pred.probability.astype(np.float32, copy=False), imagej=True)
     if pred.uncertainty:
         names = list(pred.uncertainty)
         stack = np.stack([pred.uncertainty[n] for n in names]).astype(np.float32)
-        atomic_write_bytes(out_dir / f"{stem}_uncertainty.tif",
-                           tiff_bytes(stack, imagej=True, metadata={"axes": "ZYX", "Labels": names}))
+        write_tiff(out_dir / f"{stem}_uncertainty.tif", stack, imagej=True, metadata={"axes": "ZYX", "Labels": names})
     if overlay:
         save_png(out_dir / f"{stem}_overlay.png", outline_overlay(pred.image, pred.labels))
     written = ["_labels.tif", "_prob.tif", *(["_uncertainty.tif"] if pred.uncertainty else []),

@@ -25,14 +25,11 @@ def measure_instances(labels: np.ndarray, intensity: np.ndarray | None = None) -
         if intensity.shape[:2] != labels.shape or intensity.ndim not in (2, 3):
             raise ValueError(f"measure_instances: intensity image of shape {intensity.shape} does not match the "
                              f"label map {labels.shape}; expected (H, W) or (H, W, C)")
-        if intensity.ndim == 3:  # mean over channels of per-channel means = mean of the channel-mean image
-            intensity = intensity.astype(np.float64).mean(-1)
     props = ["label", "area", "centroid", "equivalent_diameter_area", "eccentricity"]
-    if intensity is not None:
-        props.append("intensity_mean")
-    table = regionprops_table(labels, intensity_image=intensity, properties=props)
+    table = regionprops_table(labels, properties=props)
     n = len(table["label"])
-    mean_int = table["intensity_mean"] if intensity is not None else [math.nan] * n
+    mean_int = (_mean_intensity(labels, intensity)[table["label"]] if intensity is not None and n
+                else [math.nan] * n)
     return [
         {
             "nucleus_id": int(table["label"][i]),
@@ -45,3 +42,19 @@ def measure_instances(labels: np.ndarray, intensity: np.ndarray | None = None) -
         }
         for i in range(n)
     ]
+
+
+def _mean_intensity(labels: np.ndarray, intensity: np.ndarray, rows: int = 512) -> np.ndarray:
+    """Mean intensity (over pixels and channels) per label value 0..max, by sums over bands of rows: no float64
+    copy of a whole (H, W, C) image."""
+    n = int(labels.max()) + 1
+    sums, counts = np.zeros(n), np.zeros(n)
+    channels = 1 if intensity.ndim == 2 else intensity.shape[-1]
+    for y in range(0, labels.shape[0], rows):
+        lab = labels[y:y + rows].ravel()
+        band = intensity[y:y + rows].reshape(lab.size, channels)
+        counts += np.bincount(lab, minlength=n)
+        for c in range(channels):
+            sums += np.bincount(lab, weights=band[:, c], minlength=n)
+    return sums / np.maximum(counts * channels, 1)
+

@@ -91,10 +91,11 @@ def _exists(v: Any) -> bool:
 
 
 UNIT = "a number between 0 and 1"
-_LOADS = frozenset({"predict", "evaluate", "tune"})  # entry points whose ckpt_path is a file to read
+# entry points whose ckpt_path is a file to read ("predictor": nucseg.Predictor.from_checkpoint)
+_LOADS = frozenset({"predict", "evaluate", "tune", "predictor"})
 RULES: dict[str, Rule] = {
     # paths
-    "ckpt_path": Rule(_file, "an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)", _LOADS, True),
+    "ckpt_path": Rule(_file, "an existing checkpoint file (e.g. <run dir>/checkpoints/model.ckpt)", _LOADS, True),
     "input": Rule(_exists, "an existing image file or folder", frozenset({"predict"}), True),
     "output": Rule(lambda v: not Path(str(v)).is_file(), "a folder (created if missing), not a file",
                    frozenset({"predict", "predict_merge"})),

@@ -7,13 +7,12 @@ whether they were matched at an IoU threshold, which is what the DSB score and t
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from nucseg.data.io import atomic_write_bytes
+from nucseg.data.io import atomic_write
 from nucseg.viz.images import as_uint8_rgb
 
 YELLOW, GREEN, RED = (255, 255, 0), (0, 255, 0), (255, 0, 0)
@@ -78,6 +77,5 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """Write an RGB uint8 array as PNG atomically."""
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(as_uint8_rgb(rgb)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    image = Image.fromarray(as_uint8_rgb(rgb))
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
