@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 import pytest
 import torch
@@ -11,13 +9,12 @@ from omegaconf import OmegaConf
 
 from nucseg.train import build_module
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.helpers.paths import CONF_DIR
 
 
 def options(group: str) -> list[str]:
     """The options of a config group; `_`-prefixed files (`_base`, `_gpu`) are what options inherit."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def test_groups_have_the_documented_options():
@@ -123,7 +120,7 @@ def test_data_options_compose(make_cfg, option):
 
 
 def test_one_callback_per_file():
-    for path in sorted((CONF / "callbacks").glob("*.yaml")):
+    for path in sorted((CONF_DIR / "callbacks").glob("*.yaml")):
         if path.stem in ("default", "none"):  # the lists of callbacks
             continue
         assert [k for k in OmegaConf.load(path) if k != "defaults"] == [path.stem], path.name
@@ -138,7 +135,7 @@ def test_uncertainty_defaults_come_from_the_yaml_alone(make_cfg, method):
 
     composed = OmegaConf.to_container(make_cfg([f"uncertainty={method}"], fast=False).uncertainty)
     assert composed == method_defaults(method)
-    base = OmegaConf.load(CONF / "uncertainty" / "_base.yaml")
+    base = OmegaConf.load(CONF_DIR / "uncertainty" / "_base.yaml")
     net = build_model(arch="unet", encoder_name="resnet18", encoder_depth=3,
                       mc_dropout={"rate": 0.2, "where": "decoder"} if method == "mc_dropout" else None)
     old = resolve_settings({"method": method}, net)  # a checkpoint written before the other keys existed

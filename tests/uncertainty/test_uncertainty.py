@@ -389,9 +389,8 @@ def test_ensemble_members_load_from_checkpoint_globs(tmp_path):
 
 @pytest.mark.slow
 def test_plain_model_is_a_no_op_and_tta_and_ensemble_run_through_the_test_callback(tmp_path, data_dir, cache_dir):
-    from conftest import FAST_OVERRIDES, compose_cfg
-
     from nucseg.train import train
+    from tests.helpers.config import FAST_OVERRIDES, compose_cfg
 
     base = FAST_OVERRIDES + ["logger=csv", "callbacks.instance_metrics=null", "trainer.limit_test_batches=3"]
     for seed in (1, 2):  # two members with different initialisations

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, compose_cfg, save_checkpoint
 from PIL import Image
 
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.validate import RULES, check_config, violations
+from tests.helpers.checkpoints import save_checkpoint
+from tests.helpers.config import compose_cfg
+from tests.helpers.paths import PROJECT_ROOT
 
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
 

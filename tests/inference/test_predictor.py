@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import PROJECT_ROOT
 from PIL import Image
-from test_predict import train_tiny_checkpoint
 
 import nucseg
 from nucseg.data.io import ImageReadError
 from nucseg.instances.watershed import probs_to_instances
 from nucseg.models.module import load_module
 from nucseg.utils.errors import CheckpointError
+from tests.helpers.checkpoints import train_tiny_checkpoint
+from tests.helpers.paths import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")

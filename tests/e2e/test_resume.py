@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from train_cli import LEAN, PROJECT_ROOT, run_train, train_cmd, train_env
 
 from nucseg.utils.resume import (
     AtomicCheckpointIO,
@@ -22,6 +21,8 @@ from nucseg.utils.resume import (
     resolve_ckpt_path,
     wandb_run_id,
 )
+from tests.helpers.paths import PROJECT_ROOT
+from tests.helpers.train_cli import LEAN, run_train, train_cmd, train_env
 
 EPOCHS, BATCHES = 2, 5
 RESUMABLE = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from skimage.draw import disk
 from nucseg.instances import instance_targets, measure_instances, probs_to_instances
 from nucseg.instances.watershed import fill_object_holes
 from nucseg.metrics.dsb_score import instance_scores
+from tests.helpers.paths import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TOUCHING_ID = "4d14a3629b6af6de86d850be236b833a7bfcbf6d8665fd73c6dc339e06c14607"  # 98 nuclei, many touch
 
 

@@ -11,14 +11,13 @@ from pathlib import Path
 import torch
 
 from nucseg.models.module import load_module
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import PROJECT_ROOT
 
 
 def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "nucseg.train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "nucseg.train", *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_train_cli_debug_limit_writes_metrics_and_checkpoint(tmp_path, data_dir, cache_dir):

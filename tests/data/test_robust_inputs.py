@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import compose_cfg
 from PIL import Image
 from scipy import ndimage as ndi
-from test_predict import train_tiny_checkpoint
 
 from nucseg.data.io import normalize, normalize_checked, read_image
 from nucseg.inference.predictor import Predictor
 from nucseg.predict import run_predict
+from tests.helpers.checkpoints import train_tiny_checkpoint
+from tests.helpers.config import compose_cfg
 
 PATCH = (slice(60, 100), slice(80, 150))  # 40 x 70 = 2800 pixels
 

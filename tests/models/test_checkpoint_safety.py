@@ -1,6 +1,6 @@
 """Checkpoints from elsewhere: code named by a `_target_`, pickled code, weights that do not fit, files that are
 not checkpoints. Each is refused with one CheckpointError line (library) or one line and exit 2 (CLI), and no
-code from the file runs. The checkpoints are crafted (`conftest.save_checkpoint`)."""
+code from the file runs. The checkpoints are crafted (`tests.helpers.checkpoints.save_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONV_NET as CONV
-from conftest import PROJECT_ROOT, save_checkpoint
 from PIL import Image
 from torch import nn
 
 from nucseg.models.module import load_module
 from nucseg.models.targets import disallowed_entries, find_targets, is_allowed_target
 from nucseg.utils.errors import CheckpointError
+from tests.helpers.checkpoints import CONV_NET as CONV
+from tests.helpers.checkpoints import save_checkpoint
+from tests.helpers.paths import PROJECT_ROOT
 
 
 class RunsCode:

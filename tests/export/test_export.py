@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT
 from PIL import Image
-from test_predict import train_tiny_checkpoint
 
 import nucseg
 from nucseg.export.network import read_torchscript_metadata
 from nucseg.models.module import load_module
 from nucseg.utils.errors import ConfigError
+from tests.helpers.checkpoints import train_tiny_checkpoint
+from tests.helpers.paths import PROJECT_ROOT
 
 NEEDS_EXTRA = "needs the `export` extra: pip install -c requirements/constraints.txt -e '.[export]'"
 

@@ -1,6 +1,7 @@
 """`python -m nucseg.predict` split into shards and merged, resumed after a kill, and with an unreadable file
 among good ones: every output file byte for byte as one clean run writes it. Real DSB2018 images, and a 1x1
-convolution checkpoint (`conftest.save_checkpoint`, fixed weights: bright pixels are nuclei) for speed."""
+convolution checkpoint (`tests.helpers.checkpoints.save_checkpoint`, fixed weights: bright pixels are nuclei) for
+speed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, compose_cfg, save_checkpoint
 
 from nucseg.data.source import DataNotFoundError
 from nucseg.inference import records
@@ -20,6 +20,9 @@ from nucseg.inference.shards import merge_shards, parse_shard, select_shard, sha
 from nucseg.predict import run_predict
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.validate import check_config
+from tests.helpers.checkpoints import save_checkpoint
+from tests.helpers.config import compose_cfg
+from tests.helpers.paths import PROJECT_ROOT
 
 N_GOOD = 5
 

@@ -4,7 +4,6 @@ a 16-bit TIFF, a grayscale PNG) plus a corrupt file and a stray text file, with 
 from __future__ import annotations
 
 import csv
-import functools
 import os
 import subprocess
 import sys
@@ -14,8 +13,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import FAST_OVERRIDES, PROJECT_ROOT, compose_cfg
-from omegaconf import open_dict
 from PIL import Image
 
 from nucseg.data.io import read_image
@@ -26,24 +23,10 @@ from nucseg.inference.tta import tta_mean
 from nucseg.models.module import load_module
 from nucseg.models.padding import pad_to_multiple
 from nucseg.predict import run_predict
-from nucseg.train import train
 from nucseg.uncertainty.sampling import sample_probs
-
-# a light network: the > 2000x2000 image is the slow part of this module
-TINY = ["experiment=unet_instance", "logger=none", "test=false", "model.decoder_channels=[32,16,8]",
-        "trainer.limit_val_batches=1"]
-
-
-@functools.cache
-def train_tiny_checkpoint(out: Path, data_dir: Path, cache_dir: Path) -> Path:
-    """A checkpoint from a short real run; cached, so the modules that need one share it in a session."""
-    cfg = compose_cfg(FAST_OVERRIDES + TINY, out, data_dir=data_dir, cache_dir=cache_dir)
-    with open_dict(cfg):  # only the checkpoint callback: nothing else is needed to get a checkpoint
-        cfg.callbacks = {"model_checkpoint": cfg.callbacks.model_checkpoint}
-    train(cfg)
-    ckpt = out / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    return ckpt
+from tests.helpers.checkpoints import train_tiny_checkpoint
+from tests.helpers.config import compose_cfg
+from tests.helpers.paths import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")

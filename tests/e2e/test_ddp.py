@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from train_cli import LEAN, run_train, train_env
+
+from tests.helpers.train_cli import LEAN, run_train, train_env
 
 NO_SANITY = "trainer.num_sanity_val_steps=0"
 DDP = ["trainer=ddp_cpu", "trainer.devices=2",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import yaml
-from train_cli import LEAN, run_train
+
+from tests.helpers.train_cli import LEAN, run_train
 
 
 def test_two_job_multirun_gives_separate_outputs_and_wandb_runs(tmp_path, cache_dir, data_dir):
@@ -36,7 +37,8 @@ def test_slurm_launcher_config_composes():
     """`hydra/launcher=slurm` selects hydra-submitit-launcher's SLURM launcher with nucseg's defaults."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from train_cli import PROJECT_ROOT
+
+    from tests.helpers.paths import PROJECT_ROOT
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):

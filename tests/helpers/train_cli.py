@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DATA_DIR, FAST_OVERRIDES, PROJECT_ROOT
+from tests.helpers.config import FAST_OVERRIDES
+from tests.helpers.paths import DATA_DIR, PROJECT_ROOT
 
 # What these tests check needs checkpoints, not the evaluation/figure callbacks (tested elsewhere); no
 # sanity-check validation. Keeps each real run to a few seconds of compute.

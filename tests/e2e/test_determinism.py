@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import FAST_OVERRIDES, compose_cfg
-from train_cli import LEAN
-
 from nucseg.train import train
+from tests.helpers.config import FAST_OVERRIDES, compose_cfg
+from tests.helpers.train_cli import LEAN
 
 
 def run(tmp_path, name: str, seed: int, data_dir, cache_dir) -> dict:

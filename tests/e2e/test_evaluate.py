@@ -10,9 +10,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg
 from PIL import Image
-from test_predict import train_tiny_checkpoint
 
 from nucseg.data.dsb2018 import DSB2018Source
 from nucseg.evaluate import evaluate, headline, merge_rows
@@ -29,6 +27,8 @@ from nucseg.viz.overlays import (
     outline_overlay,
     pixel_error_overlay,
 )
+from tests.helpers.checkpoints import train_tiny_checkpoint
+from tests.helpers.config import compose_cfg
 
 KEYS = ("test/dice", "test/iou", "test/auroc", "test/dsb_score", "test/ap50", "test/count_error", "test/loss")
 

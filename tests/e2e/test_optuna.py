@@ -8,9 +8,9 @@ import logging
 
 import pytest
 import yaml
-from train_cli import LEAN, run_train
 
 from nucseg.train import objective
+from tests.helpers.train_cli import LEAN, run_train
 
 
 def test_two_trial_optuna_sweep_maximises_val_dice(tmp_path, cache_dir, data_dir):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import torch
-from train_cli import LEAN
 
 import nucseg.train as train_mod
+from tests.helpers.train_cli import LEAN
 
 
 def test_bf16_mixed_on_cpu(make_cfg, tmp_path, monkeypatch):
