@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.inference import records
+from nucseg.inference.batch import BatchResult, predict_into
 from nucseg.inference.inputs import list_inputs, require_images, unique_stems
 from nucseg.inference.predictor import Predictor
 from nucseg.inference.shards import TABLES, merge_shards, select_shard
 from nucseg.inference.writers import write_tables
 from nucseg.utils.errors import ConfigError
-from nucseg.utils.progress import progress_bar
 from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,9 @@ def run_predict(cfg: DictConfig) -> PredictReport:
     predictor = _load_predictor(cfg, len(todo)) if todo else None  # a bad checkpoint: no table is written
     try:
         if predictor is not None:
-            _predict_images(predictor, cfg, todo, out_dir, settings, done, report)
+            predict_into(predictor, todo, out_dir, settings, done, overlay=bool(cfg.get("overlay", True)),
+                         rle=bool(cfg.get("rle")), progress=bool(cfg.get("progress", True)),
+                         result=BatchResult(report.predicted, report.errors))
     finally:  # what was done is written even when the run is interrupted
         report.summary, report.nuclei, report.submission = records.table_rows(done[s] for s in stems if s in done)
         write_tables(out_dir, report.summary, report.nuclei, report.errors,
@@ -90,31 +91,6 @@ def _load_predictor(cfg: DictConfig, n_images: int) -> Predictor:
     log.info("checkpoint %s: targets=%s, uncertainty=%s, %d image(s) to predict", cfg.ckpt_path,
              predictor.module.hparams.get("targets"), predictor.method, n_images)
     return predictor
-
-
-def _predict_images(predictor: Predictor, cfg: DictConfig, todo: list[tuple[Path, str]], out_dir: Path,
-                    settings: dict, done: dict[str, dict], report: PredictReport) -> None:
-    """Predict the (file, output name) pairs of `todo`, adding their records to `done`."""
-    with progress_bar(bool(cfg.get("progress", True)), "[bold]predict[/bold] ") as progress:
-        task = progress.add_task("", total=len(todo))
-        t0 = time.perf_counter()
-        for (path, result), (_, stem) in zip(predictor.predict_files(f for f, _ in todo), todo, strict=True):
-            if not isinstance(result, Exception):
-                try:
-                    done[stem] = records.write_image(out_dir, stem, path, result, settings,
-                                                     overlay=bool(cfg.get("overlay", True)), rle=bool(cfg.get("rle")))
-                except Exception as exc:  # one bad file must not stop a folder of hundreds
-                    result = exc
-            if isinstance(result, Exception):
-                records.forget(out_dir, stem)  # what an earlier run wrote for it is not this run's result
-                log.error("%s: failed: %s", path, result)
-                report.errors.append({"file": str(path), "error": f"{type(result).__name__}: {result}"})
-            else:
-                report.predicted.append(stem)
-                log.info("%s: %d nuclei in %.1fs%s", path.name, len(result.nuclei), time.perf_counter() - t0,
-                         "" if result.certainty is None else f", certainty {result.certainty:.3f}")
-            progress.update(task, advance=1, description=path.name)
-            t0 = time.perf_counter()
 
 
 def run_merge(cfg: DictConfig) -> PredictReport:

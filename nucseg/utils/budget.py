@@ -213,6 +213,10 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
     minutes = float(b.minutes)
     if minutes <= 0:
         raise ConfigError(f"budget.minutes: expected a positive number of minutes, got {b.minutes}")
+    spent = process_elapsed()
+    if spent >= minutes * 60 * (1 - float(b.margin)):  # no need to measure anything to know it cannot fit
+        raise ConfigError(f"budget.minutes={b.minutes}: {spent:.0f} s were spent starting the run already; raise "
+                          "budget.minutes")
     datamodule.setup("fit")
     t = time.perf_counter()
     _megapixels(datamodule, "train")  # decodes and caches every image once, now rather than in the first epoch

@@ -14,7 +14,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage as ndi
 
-from nucseg.data.io import normalize, normalize_checked, read_image
+from nucseg.data.io import normalize, normalize_checked, percentiles_from_counts, read_image
 from nucseg.inference.predictor import Predictor
 from nucseg.predict import run_predict
 from tests.helpers.checkpoints import train_tiny_checkpoint
@@ -44,6 +44,35 @@ def test_finite_images_are_normalised_exactly_as_before(real_gray):
     sixteen = (real_gray * 200 + 1000).astype(np.uint16)
     out, check = normalize_checked(sixteen)
     assert np.array_equal(out, stretch(sixteen, sixteen)) and check.clean
+
+
+def test_8_and_16_bit_images_take_the_histogram_path_with_identical_results(real_gray):
+    """uint8 / uint16 go through a histogram and a lookup table; float32 copies of the same values through
+    np.percentile and float arithmetic: the outputs must be the same bytes."""
+    rng = np.random.default_rng(0)
+    images = [real_gray.astype(np.uint8), (real_gray * 200 + 1000).astype(np.uint16),
+              np.repeat(real_gray[..., None], 3, -1).astype(np.uint8)]
+    for _ in range(300):  # odd sizes, narrow ranges (nearly constant), constant images, full ranges
+        dtype = rng.choice([np.uint8, np.uint16])
+        top = int(rng.choice([1, 2, 7, 255] + ([4095, 65535] if dtype == np.uint16 else [])))
+        shape = tuple(int(v) for v in rng.integers(1, 30, size=int(rng.integers(2, 4))))
+        images.append(rng.integers(0, top + 1, size=shape).astype(dtype))
+    images.append(np.full((5, 7), 9, np.uint16))
+    for img in images:
+        fast, check_fast = normalize_checked(img)
+        slow, check_slow = normalize_checked(img.astype(np.float32))
+        assert fast.dtype == np.uint8 and np.array_equal(fast, slow), (img.dtype, img.shape)
+        assert check_fast == check_slow
+    assert normalize_checked(images[-1])[1].warning == "constant image"
+
+
+def test_percentiles_from_a_histogram_equal_numpys():
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 10, 999):
+        values = rng.integers(0, 50, n)
+        q = [0.0, 0.5, 37.3, 50.0, 99.8, 100.0]
+        got = percentiles_from_counts(np.bincount(values, minlength=50), q)
+        assert got == list(np.percentile(values.astype(np.float32), q))
 
 
 def test_nan_and_inf_are_ignored_by_the_percentiles_set_to_zero_and_counted(real_gray):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from tests.helpers.train_cli import LEAN, run_train, train_env
@@ -44,10 +43,15 @@ def test_two_process_cpu_ddp_matches_single_process_keys(tmp_path, cache_dir, da
     # one finished epoch; one checkpoint directory
     ckpt = torch.load(ddp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2 and ckpt["epoch"] == 1
-    assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt", "model.ckpt"]
+    # model.ckpt: the tested (best) weights, written once by rank 0, without the optimizer state
+    model = torch.load(ddp / "checkpoints" / "model.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(ddp / "checkpoints" / "epoch_000.ckpt", map_location="cpu", weights_only=False)
+    assert "optimizer_states" not in model and "optimizer_states" in best
+    assert model["state_dict"].keys() == best["state_dict"].keys()
+    assert all(torch.equal(model["state_dict"][k], best["state_dict"][k]) for k in best["state_dict"])
 
 
-@pytest.mark.slow
 def test_ddp_inside_multirun_gives_each_job_its_ranks(tmp_path, cache_dir, data_dir):
     """`-m` + trainer=ddp: each job launches its own rank 1 into its own directory (nucseg.utils.run)."""
     sweep = tmp_path / "sweep"

@@ -1,5 +1,6 @@
-"""Mixed precision is a trainer setting: bf16-mixed runs end to end on CPU, with bf16 activations inside
-autocast and float32 weights in the checkpoint."""
+"""Mixed precision is a trainer setting: bf16-mixed trains on CPU, with bf16 activations inside autocast and
+float32 weights in the checkpoint. (Without validation: bf16 convolutions on a CPU without bf16 instructions
+are ~50x slower, and one full-size validation image took minutes of the suite.)"""
 
 from __future__ import annotations
 
@@ -21,14 +22,12 @@ def test_bf16_mixed_on_cpu(make_cfg, tmp_path, monkeypatch):
         return module
 
     monkeypatch.setattr(train_mod, "build_module", build_and_watch)
-    cfg = make_cfg([*LEAN, "trainer.precision=bf16-mixed", "logger=csv", "test=false"])
+    cfg = make_cfg([*LEAN, "trainer.precision=bf16-mixed", "logger=csv", "test=false", "trainer.limit_val_batches=0"])
     assert cfg.trainer.precision == "bf16-mixed"
     metrics = train_mod.train(cfg)
 
     assert dtypes == {torch.bfloat16}  # every training forward ran under bf16 autocast
     data = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("val/dice", "val/loss", "train/loss"):
-        assert data[key] == metrics[key] and data[key] is not None and data[key] == data[key], key
-    assert 0.0 <= data["val/dice"] <= 1.0
+    assert data["train/loss"] == metrics["train/loss"] and 0.0 < data["train/loss"] < 10.0  # finite, not NaN
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["state_dict"]["net.encoder.conv1.weight"].dtype == torch.float32  # fp32 master weights

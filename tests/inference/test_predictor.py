@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import nucseg
 from nucseg.data.io import ImageReadError
 from nucseg.instances.watershed import probs_to_instances
 from nucseg.models.module import load_module
-from nucseg.utils.errors import CheckpointError
+from nucseg.utils.errors import CheckpointError, ConfigError
 from tests.helpers.checkpoints import train_tiny_checkpoint
 from tests.helpers.paths import PROJECT_ROOT
 
@@ -188,6 +189,37 @@ def test_other_bad_checkpoints_raise_a_checkpoint_error(ckpt, tmp_path, image_fi
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         load_module(tmp_path / "missing.ckpt")
+
+
+def test_bad_arguments_raise_one_config_error_before_the_checkpoint_is_read(ckpt, image_files, tmp_path):
+    not_a_ckpt = image_files[0]  # read first, this would raise a CheckpointError instead
+    for kwargs, expected in ((dict(tile=100), "tile=100: expected a positive multiple of 32"),
+                             (dict(overlap=1.5), "overlap=1.5: expected a fraction of a tile"),
+                             (dict(device="gpu"), "device='gpu': expected auto, cpu, cuda"),
+                             (dict(tile_batch_size=0), "tile_batch_size=0: expected an integer >= 1"),
+                             (dict(postprocess={"threshold": 1.0}), "postprocess.threshold=1.0: expected a number"),
+                             (dict(uncertainty={"samples": 0}), "uncertainty.samples=0: expected an integer >= 1")):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            nucseg.Predictor.from_checkpoint(not_a_ckpt, **kwargs)
+    with pytest.raises(ConfigError, match="ckpt_path=.*missing.ckpt.*: expected an existing checkpoint file"):
+        nucseg.Predictor.from_checkpoint(tmp_path / "missing.ckpt")
+    with pytest.raises(ConfigError, match="overlap=-0.1"):  # the constructor checks too
+        nucseg.Predictor(load_module(ckpt), overlap=-0.1)
+
+
+def test_a_checkpoint_without_its_tuned_settings_is_named(ckpt, tmp_path, caplog):
+    """last.ckpt of a postprocess=auto run holds `tune: true` but no tuned values: say so, and which file to use."""
+    def untuned(c: dict) -> None:
+        c["hyper_parameters"]["postprocess"] = {"method": "auto", "threshold": 0.5, "tune": True}
+
+    path = rewrite_checkpoint(ckpt, tmp_path / "last.ckpt", untuned)
+    with caplog.at_level("WARNING"):
+        nucseg.Predictor.from_checkpoint(path)
+    assert "holds no tuned values" in caplog.text and "checkpoints/model.ckpt" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        nucseg.Predictor.from_checkpoint(path, postprocess={"threshold": 0.6})  # the user chose: no warning
+    assert "tuned" not in caplog.text
 
 
 def test_cli_names_a_missing_checkpoint_or_input_in_one_line(ckpt, image_files, tmp_path):

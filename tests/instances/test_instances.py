@@ -12,9 +12,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from omegaconf import OmegaConf
 from scipy import ndimage as ndi
 from skimage.draw import disk
+from skimage.segmentation import watershed
 
 from nucseg.instances import instance_targets, measure_instances, probs_to_instances
-from nucseg.instances.watershed import fill_object_holes
+from nucseg.instances.watershed import fill_object_holes, watershed_in_bands
 from nucseg.metrics.dsb_score import instance_scores
 from tests.helpers.paths import CONF_DIR
 
@@ -150,6 +151,42 @@ def test_fill_holes_leaves_background_enclosed_by_several_nuclei():
     assert (fill_object_holes(single)[6:14, 6:14] == 1).all()
 
 
+def random_fields(seed: int, n: int = 60) -> list[np.ndarray]:
+    """Smooth random (3, h, w) "probabilities": many touching blobs of every shape, with plateaus and ties."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(6, 70, 2))
+        f = ndi.gaussian_filter(rng.random((3, h, w)), (0, 1.5, 1.5))
+        f = (f - f.min()) / (f.max() - f.min() + 1e-9)
+        out.append(np.round(f, int(rng.choice([2, 6]))).astype(np.float32))  # rounding makes exact ties
+    return out
+
+
+def test_fill_holes_equals_filling_the_union_then_giving_each_hole_its_single_owner():
+    """The labelling shortcut fills exactly what ndi.binary_fill_holes would, holes with one owner only."""
+    for f in random_fields(1):
+        labels = ndi.label(f[0] > 0.5)[0].astype(np.int32)
+        labels[f[1] > 0.7] = 0  # cut holes and gaps into the objects
+        filled = fill_object_holes(labels)
+        holes = ndi.binary_fill_holes(labels > 0) & (labels == 0)
+        assert np.array_equal(filled[~holes], labels[~holes])  # only holes change
+        for hole in range(1, ndi.label(holes)[1] + 1):
+            region = ndi.label(holes)[0] == hole
+            owners = set(np.unique(labels[ndi.binary_dilation(region, iterations=1) & (labels > 0)]))
+            assert set(np.unique(filled[region])) == (owners if len(owners) == 1 else {0})
+
+
+def test_watershed_in_bands_equals_one_watershed_of_the_whole_image():
+    for f in random_fields(2):
+        mask, border = f[0] > 0.4, f[1:].max(0)
+        markers = ndi.label(mask & (border < 0.5))[0]
+        expected = watershed(border, markers, mask=mask)
+        for rows in (1, 5, 17, 1024):
+            np.testing.assert_array_equal(watershed_in_bands(border, markers, mask, band_rows=rows), expected)
+    assert watershed_in_bands(border, markers, np.zeros_like(mask)).max() == 0
+
+
 def test_accepts_the_postprocess_config(caplog):
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "postprocess" / "default.yaml"))
     labels = two_touching_discs()
@@ -203,3 +240,24 @@ def test_measure_disc_and_rectangle():
     assert measure_instances(np.zeros((5, 5), np.int32)) == []
     with pytest.raises(ValueError, match="does not match"):
         measure_instances(labels, gray[:10])
+
+
+def test_measure_equals_skimage_regionprops():
+    """The band-summed moments give regionprops' numbers (label gaps, single pixels, lines, big images)."""
+    from skimage.measure import regionprops_table
+
+    for f in random_fields(3, n=20):
+        labels = ndi.label(f[0] > 0.5)[0].astype(np.int32)
+        labels[labels == 2] = 0  # a gap in the label values
+        labels[0, :3] = labels.max() + 1  # a line; a single pixel below
+        labels[-1, -1] = labels.max() + 1
+        gray = f[2] * 1000
+        rows = measure_instances(labels, gray)
+        ref = regionprops_table(labels, intensity_image=gray.astype(np.float64),
+                                properties=["label", "area", "centroid", "equivalent_diameter_area", "eccentricity",
+                                            "intensity_mean"])
+        assert [r["nucleus_id"] for r in rows] == list(ref["label"])
+        for key, col in (("area", "area"), ("centroid_y", "centroid-0"), ("centroid_x", "centroid-1"),
+                         ("equivalent_diameter", "equivalent_diameter_area"), ("eccentricity", "eccentricity"),
+                         ("mean_intensity", "intensity_mean")):
+            np.testing.assert_allclose([r[key] for r in rows], ref[col], rtol=1e-9, atol=1e-9, err_msg=key)

@@ -53,6 +53,11 @@ def test_postprocess_auto_tunes_at_test_and_nucseg_tune_rewrites_the_checkpoint(
     assert hp["tuned"]["val_dsb_score"] == pytest.approx(metrics["tune/val_dsb_score"], rel=1e-6)
     assert hp["threshold"] == pytest.approx(metrics["tune/threshold"], rel=1e-6)
     assert load_module(best).hparams["postprocess"]["tuned"]["n_val_images"] == metrics["tune/n_val_images"]
+    # the run's model file carries the tuned settings; last.ckpt (for resuming) does not
+    model = torch.load(tmp_path / "checkpoints" / "model.ckpt", map_location="cpu", weights_only=True)
+    assert model["hyper_parameters"]["postprocess"] == hp and "optimizer_states" not in model
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "tuned" not in last["hyper_parameters"]["postprocess"]
 
     grid = "{threshold:[0.2,0.9],contour_threshold:[0.5],seed_min_size:[10],min_size:[10]}"
     proc = subprocess.run(

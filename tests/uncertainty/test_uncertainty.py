@@ -387,7 +387,6 @@ def test_ensemble_members_load_from_checkpoint_globs(tmp_path):
         checkpoint_paths([str(tmp_path / "missing*.ckpt")])
 
 
-@pytest.mark.slow
 def test_plain_model_is_a_no_op_and_tta_and_ensemble_run_through_the_test_callback(tmp_path, data_dir, cache_dir):
     from nucseg.train import train
     from tests.helpers.config import FAST_OVERRIDES, compose_cfg
