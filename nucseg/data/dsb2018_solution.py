@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.data.io import ImageReadError, normalize, probe_image, read_raw, to_rgb
+from nucseg.data.io import ImageReadError, probe_image, read_raw, to_rgb
+from nucseg.data.normalize import normalize
 from nucseg.data.rle import rle_decode
 from nucseg.data.source import DataNotFoundError, Record, Source
 

@@ -1,7 +1,7 @@
 """A user's own data: `<root>/images/` and `<root>/masks/`, matched by file stem.
 
 Images: PNG, TIFF (8/16-bit, single page), JPEG or BMP with 1, 3 or 4 channels; every image is stretched
-between two percentiles (`nucseg.data.io.normalize`), which suits dim 16-bit fluorescence as well as 8-bit
+between two percentiles (`nucseg.data.normalize`), which suits dim 16-bit fluorescence as well as 8-bit
 brightfield. Masks: PNG or TIFF (lossless; JPEG masks are refused because compression changes label values),
 either binary (one non-zero value, e.g. 255 or 1) or instance label images (0 = background, one integer per
 nucleus). `mask_type=auto` tells them apart by the number of distinct non-zero values: binary masks are split

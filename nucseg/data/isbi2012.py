@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import label as connected_components
 
-from nucseg.data.io import ImageReadError, is_image_file, normalize, probe_image, read_mask, read_raw, to_rgb
+from nucseg.data.io import ImageReadError, is_image_file, probe_image, read_mask, read_raw, to_rgb
+from nucseg.data.normalize import normalize
 from nucseg.data.source import DataNotFoundError, Record, Source
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nucseg.data.io import IntensityCheck, normalize_checked, read_raw, to_rgb
+from nucseg.data.io import read_raw, to_rgb
+from nucseg.data.normalize import IntensityCheck, normalize_checked
 from nucseg.inference.prediction import Prediction
 from nucseg.inference.sliding_window import sliding_window_inference
 from nucseg.inference.tta import tta_mean
@@ -169,7 +170,8 @@ class Predictor:
     def probabilities(self, image: np.ndarray) -> tuple[Tensor, Tensor | None]:
         """A prepared (H, W, 3) uint8 image (see `prepare`) -> the (1, K, H, W) float32 probabilities on the
         CPU, and the (T, 1, K, H, W) uncertainty samples (None without an uncertainty method)."""
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(self.device)
+        # a (1, 3, H, W) view of the (H, W, 3) array: tiles are copied out of it, the image is not
+        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].to(self.device)
         if self.method == "none":
             ops: Any = self.tta  # "flips", "all" or a list of op names
             fn = self._probs_fn if not ops else (lambda t: tta_mean(self._probs_fn, t, ops))

@@ -22,15 +22,19 @@ META_KEYS = frozenset({"tune", "tuned"})
 _warned: set[str] = set()
 
 
-def _relabel_sequential(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Map kept labels (boolean per label value) to 1..N in label order, everything else to 0."""
+def _relabel_sequential(labels: np.ndarray, keep: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Map kept labels (boolean per label value) to 1..N in label order, everything else to 0. `in_place`
+    (int32 labels the caller owns) writes into `labels`: no second full-size array on large images."""
     lut = np.zeros(keep.size, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    if in_place and labels.dtype == np.int32:
+        return np.take(lut, labels, out=labels, mode="clip")  # element i is read before it is written
     return lut[labels]
 
 
-def fill_object_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill background enclosed by a single object with that object's label.
+def fill_object_holes(labels: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Fill background enclosed by a single object with that object's label (into `labels` itself with
+    `in_place`, for a caller that owns it).
 
     Background enclosed by several touching objects (a ring of nuclei around an empty spot) stays background,
     unlike a hole filling of the union mask.
@@ -45,18 +49,19 @@ def fill_object_holes(labels: np.ndarray) -> np.ndarray:
     is_hole[edge] = False
     if not is_hole.any():
         return labels
-    hole_ids = _relabel_sequential(hole_ids, is_hole)
+    hole_ids = _relabel_sequential(hole_ids, is_hole, in_place=True)
     n_holes = int(is_hole.sum())
     holes = hole_ids > 0
     # which objects border each hole: dilate the hole ids by one pixel onto the objects
-    near = ndi.maximum_filter(hole_ids, size=3) * fg
+    near = ndi.maximum_filter(hole_ids, size=3)
+    near *= fg
     pairs = np.unique(near[near > 0].astype(np.int64) * (int(labels.max()) + 1) + labels[near > 0])
     hole_of, obj_of = np.divmod(pairs, int(labels.max()) + 1)
     n_neighbours = np.bincount(hole_of, minlength=n_holes + 1)
     owner = np.zeros(n_holes + 1, labels.dtype)
     single = n_neighbours[hole_of] == 1
     owner[hole_of[single]] = obj_of[single]
-    out = labels.copy()
+    out = labels if in_place else labels.copy()
     out[holes] = owner[hole_ids[holes]]
     return out
 
@@ -67,29 +72,36 @@ def _seeded_watershed(probs: np.ndarray, threshold: float, contour_threshold: fl
     border = probs[1:].max(0)  # contour and touching-border probabilities
     seeds = foreground & (border <= contour_threshold)
     markers, n = ndi.label(seeds)
+    del seeds
     if seed_min_size > 1 and n:
         keep = np.bincount(markers.ravel(), minlength=n + 1) >= seed_min_size
         keep[0] = False
-        markers = _relabel_sequential(markers, keep)
-    labels = watershed_in_bands(border, markers, foreground)
+        markers = _relabel_sequential(markers, keep, in_place=True)
+    labels = watershed_in_bands(border, markers, foreground, out=markers)  # markers become the labels
+    del border  # full-size arrays: an 8192-px image holds 0.3 GB in each
     # foreground blobs without a seed (nuclei thinner than the contour band) are nuclei too
     unreached, n_extra = ndi.label(foreground & (labels == 0))
     if n_extra:
-        labels = np.where(unreached > 0, unreached + labels.max(), labels)
+        extra = unreached > 0
+        np.add(unreached, labels.max(), out=unreached, where=extra)
+        np.copyto(labels, unreached, where=extra)
     return labels
 
 
-def watershed_in_bands(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, band_rows: int = 1024
-                       ) -> np.ndarray:
+def watershed_in_bands(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, band_rows: int = 1024,
+                       out: np.ndarray | None = None) -> np.ndarray:
     """`skimage.segmentation.watershed(image, markers, mask=mask)` run on bands of whole mask components.
 
     Flooding never leaves the mask, so each 4-connected mask component floods on its own: running the
     components of ~`band_rows` rows at a time gives the same labels, while skimage's float64 copies of the
     image cover one band instead of the whole image (an 8192-px image: 0.5 GB per copy) and the run is faster.
-    (H, W) float `image`, (H, W) int `markers`, (H, W) bool `mask` -> (H, W) int32 labels.
+    (H, W) float `image`, (H, W) int `markers`, (H, W) bool `mask` -> (H, W) int32 labels, written into `out`
+    when given (it may be `markers` itself: each band reads its markers before writing its own pixels).
     """
     comp, n = ndi.label(mask)
-    out = np.zeros(mask.shape, np.int32)
+    if out is None:
+        out = np.zeros(mask.shape, np.int32)
+    out[~mask] = 0
     if n == 0:
         return out
     spans = ndi.find_objects(comp)
@@ -153,7 +165,7 @@ def probs_to_instances(
         labels, _ = ndi.label(probs[0] > threshold)
     labels = labels.astype(np.int32, copy=False)
     if fill_holes:
-        labels = fill_object_holes(labels)
+        labels = fill_object_holes(labels, in_place=True)
     keep = np.bincount(labels.ravel(), minlength=1) >= max(int(min_size), 1)
     keep[0] = False
-    return _relabel_sequential(labels, keep)
+    return _relabel_sequential(labels, keep, in_place=True)  # labels are this function's own array

@@ -195,14 +195,19 @@ def _set_schedule(cfg: DictConfig, epochs: int, every: int) -> None:
         cfg.trainer.max_steps = -1
 
 
-def reuse_budget(cfg: DictConfig, output_dir: str | Path) -> bool:
-    """Apply the plan in `<output_dir>/budget.json` (a resumed run); False when there is none."""
-    path = Path(output_dir) / "budget.json"
+def reuse_budget(cfg: DictConfig, plan_path: str | Path, output_dir: str | Path | None = None) -> bool:
+    """Apply the schedule of an earlier plan (a resumed run's own `budget.json`, or `budget.plan=<file>` to
+    rerun a budgeted run exactly, on any machine) instead of measuring; False when the file is not there.
+    With `output_dir`, the plan is copied there as this run's budget.json."""
+    path = Path(plan_path)
     if not path.is_file():
         return False
     plan = json.loads(path.read_text())
     _set_schedule(cfg, int(plan["epochs"]), int(plan["check_val_every_n_epoch"]))
-    log.info("budget: resuming with the planned schedule of %s (%d epochs)", path, plan["epochs"])
+    log.info("budget: the schedule planned in %s (%d epochs of %d steps, validating every %d), not measured",
+             path, plan["epochs"], plan["steps_per_epoch"], plan["check_val_every_n_epoch"])
+    if output_dir is not None and Path(output_dir).resolve() != path.parent.resolve():
+        atomic_write_text(Path(output_dir) / "budget.json", path.read_text())
     return True
 
 

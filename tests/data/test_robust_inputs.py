@@ -14,7 +14,8 @@ import tifffile
 from PIL import Image
 from scipy import ndimage as ndi
 
-from nucseg.data.io import normalize, normalize_checked, percentiles_from_counts, read_image
+from nucseg.data.io import read_image
+from nucseg.data.normalize import normalize, normalize_checked, percentiles_from_counts
 from nucseg.inference.predictor import Predictor
 from nucseg.predict import run_predict
 from tests.helpers.checkpoints import train_tiny_checkpoint

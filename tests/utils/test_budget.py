@@ -46,6 +46,26 @@ def test_budgeted_run_plans_from_measurements_and_ends_in_time(make_cfg, tmp_pat
     assert process_elapsed() > 0
 
 
+def test_a_recorded_plan_is_trained_without_measuring(make_cfg, tmp_path, monkeypatch):
+    """budget.plan=<budget.json>: the recorded schedule, not this machine's, so a budgeted run can be rerun."""
+    import nucseg.train as train_mod
+
+    recorded = tmp_path / "earlier" / "budget.json"
+    recorded.parent.mkdir()
+    recorded.write_text(json.dumps({"epochs": 3, "check_val_every_n_epoch": 3, "steps_per_epoch": 4}))
+
+    def must_not_measure(*args, **kwargs):
+        raise AssertionError("budget.plan given: nothing is measured")
+
+    monkeypatch.setattr(train_mod, "apply_budget", must_not_measure)
+    out = tmp_path  # make_cfg's run directory
+    train_mod.train(make_cfg(["logger=csv", "budget.minutes=6", f"budget.plan={recorded}", "data.samples_per_epoch=8",
+                              "trainer.limit_train_batches=null", "test=false", "trainer.limit_val_batches=1"]))
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 12 and last["epoch"] == 3  # 3 epochs of 4 steps, as recorded
+    assert json.loads((out / "budget.json").read_text()) == json.loads(recorded.read_text())
+
+
 def test_budget_too_small_is_one_clear_error(make_cfg):
     # 0.6 s: the process has spent more than that starting, so the run stops before measuring anything
     cfg = make_cfg(["logger=csv", "budget.minutes=0.01"])
