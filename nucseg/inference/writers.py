@@ -4,6 +4,7 @@ per-run tables (summary, nuclei, errors, Kaggle submission)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,17 +46,24 @@ def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: boo
     returns the names written."""
     from nucseg.viz.overlays import outline_overlay, save_png
 
-    dtype = label_dtype(pred.labels)
-    # ImageJ hyperstacks hold 8/16-bit and float32; uint32 labels are written as a plain TIFF
-    write_tiff(out_dir / f"{stem}_labels.tif", pred.labels.astype(dtype), imagej=dtype == np.uint16)
-    write_tiff(out_dir / f"{stem}_prob.tif", pred.probability.astype(np.float32, copy=False), imagej=True)
-    if pred.uncertainty:
-        names = list(pred.uncertainty)
-        stack = np.stack([pred.uncertainty[n] for n in names]).astype(np.float32)
-        write_tiff(out_dir / f"{stem}_uncertainty.tif", stack, imagej=True, metadata={"axes": "ZYX", "Labels": names})
-    if overlay:
-        # fast zlib: the overlay is for looking at, and level 6 took as long as the watershed on a 4096-px image
+    def draw() -> None:  # fast zlib: the overlay is for looking at; level 6 took as long as the watershed
         save_png(out_dir / f"{stem}_overlay.png", outline_overlay(pred.image, pred.labels), compress_level=1)
+
+    # the overlay (outlines + PNG encoding, the slowest file) is drawn on its own thread while the TIFFs are
+    # written: zlib and file writes release the GIL
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        drawn = pool.submit(draw) if overlay else None
+        dtype = label_dtype(pred.labels)
+        # ImageJ hyperstacks hold 8/16-bit and float32; uint32 labels are written as a plain TIFF
+        write_tiff(out_dir / f"{stem}_labels.tif", pred.labels.astype(dtype), imagej=dtype == np.uint16)
+        write_tiff(out_dir / f"{stem}_prob.tif", pred.probability.astype(np.float32, copy=False), imagej=True)
+        if pred.uncertainty:
+            names = list(pred.uncertainty)
+            stack = np.stack([pred.uncertainty[n] for n in names]).astype(np.float32)
+            write_tiff(out_dir / f"{stem}_uncertainty.tif", stack, imagej=True,
+                       metadata={"axes": "ZYX", "Labels": names})
+        if drawn is not None:
+            drawn.result()
     written = ["_labels.tif", "_prob.tif", *(["_uncertainty.tif"] if pred.uncertainty else []),
                *(["_overlay.png"] if overlay else [])]
     return [f"{stem}{suffix}" for suffix in written]
