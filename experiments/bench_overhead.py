@@ -37,33 +37,21 @@ from unittest import mock
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torch.overrides import TorchFunctionMode
 
 import nucseg.train as nucseg_train
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.data.datamodule import SegDataModule
+from nucseg.utils.compose import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose_train_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
     """The config `python -m nucseg.train <overrides>` would run, writing into `output_dir`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_config("train", overrides, output_dir)
 
 
 def sync(device: torch.device) -> None:

@@ -92,11 +92,10 @@ class StageTimer:
 
 
 def predict_config(ckpt: Path, inp: Path, out: Path) -> Any:
-    from hydra import compose, initialize_config_dir
+    from nucseg.utils.compose import compose_config
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("predict", overrides=[f"ckpt_path={ckpt}", f"input={inp}", f"output={out}",
-                                             "uncertainty.method=none", "progress=false", "device=cpu"])
+    return compose_config("predict", [f"ckpt_path={ckpt}", f"input={inp}", f"output={out}", "uncertainty.method=none",
+                                      "progress=false", "device=cpu"], out)
 
 
 def forward_seconds(ckpt: Path, files: list[Path]) -> tuple[float, int]:
