@@ -6,6 +6,7 @@ Thin on purpose: every piece is chosen by config and built with `hydra.utils.ins
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +45,7 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    started = time.monotonic()  # budget.minutes counts from here (plus the process's start-up)
     check_config(cfg, "train")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -60,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # a resumed run keeps the schedule it was planned with, budget.plan reruns a recorded one; else measure
         plan = cfg.budget.get("plan") or (output_dir / "budget.json" if ckpt_path else None)
         if not (plan and reuse_budget(cfg, plan, output_dir)):
-            apply_budget(cfg, module, datamodule, output_dir)
+            apply_budget(cfg, module, datamodule, output_dir, started=started)
         if cfg.get("seed") is not None:  # the timing drew random batches: start training from the seed
             L.seed_everything(cfg.seed, workers=True)
     loggers = instantiate_loggers(cfg.get("logger"))

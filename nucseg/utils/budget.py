@@ -28,7 +28,7 @@ from omegaconf import DictConfig, open_dict
 from nucseg.data.io import atomic_write_text
 from nucseg.utils.errors import ConfigError
 
-__all__ = ["BudgetPlan", "plan_schedule", "apply_budget", "reuse_budget", "process_elapsed"]
+__all__ = ["BudgetPlan", "plan_schedule", "apply_budget", "reuse_budget", "process_elapsed", "run_elapsed"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ def process_elapsed() -> float:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return time.monotonic() - _LOADED
+
+
+_STARTUP_S = process_elapsed()  # process start until this import: the interpreter and torch's import
 
 
 def plan_schedule(available_s: float, step_s: float, val_s: float, test_s: float, steps_per_epoch: int,
@@ -211,14 +214,22 @@ def reuse_budget(cfg: DictConfig, plan_path: str | Path, output_dir: str | Path 
     return True
 
 
-def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str | Path | None = None
-                 ) -> BudgetPlan:
-    """Measure this machine, plan the schedule for `cfg.budget`, and write it into `cfg.trainer`."""
+def run_elapsed(started: float | None) -> float:
+    """Seconds this run has used: the process's start-up until this module was imported (interpreter, torch)
+    plus the time since `started` (time.monotonic() at the start of `train`). None: since the process started.
+    A notebook or a test session that trains after an hour does not count that hour."""
+    return process_elapsed() if started is None else _STARTUP_S + time.monotonic() - started
+
+
+def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str | Path | None = None,
+                 started: float | None = None) -> BudgetPlan:
+    """Measure this machine, plan the schedule for `cfg.budget`, and write it into `cfg.trainer`. `started`:
+    time.monotonic() when the run began (see `run_elapsed`)."""
     b = cfg.budget
     minutes = float(b.minutes)
     if minutes <= 0:
         raise ConfigError(f"budget.minutes: expected a positive number of minutes, got {b.minutes}")
-    spent = process_elapsed()
+    spent = run_elapsed(started)
     if spent >= minutes * 60 * (1 - float(b.margin)):  # no need to measure anything to know it cannot fit
         raise ConfigError(f"budget.minutes={b.minutes}: {spent:.0f} s were spent starting the run already; raise "
                           "budget.minutes")
@@ -249,7 +260,7 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
         + ((fwd_mp + mc_mp) * review_mp if review else 0.0)
         + (fwd_mp * tune_mp + trial_img * n_tune * int(b.tune_trials) if tune else 0.0)
     ) + float(b.figures_s)
-    elapsed = process_elapsed()
+    elapsed = run_elapsed(started)
     reserve = float(b.margin) * minutes * 60
     spe = int(datamodule.samples_per_epoch or len(datamodule.splits["train"])) // int(datamodule.batch_size)
     epochs, every = plan_schedule(minutes * 60 - elapsed - reserve, step_s * float(b.step_overhead), val_s, test_s,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 
 from nucseg.train import train
-from nucseg.utils.budget import plan_schedule, process_elapsed
+from nucseg.utils.budget import plan_schedule, process_elapsed, run_elapsed
 from nucseg.utils.errors import ConfigError
 
 
@@ -28,6 +29,14 @@ def test_plan_schedule_fills_the_time_with_whole_epochs_and_even_validations():
 
 def test_process_elapsed_counts_from_process_start():
     assert 0.0 < process_elapsed() < 24 * 3600
+
+
+def test_a_run_in_a_long_lived_process_counts_from_its_own_start():
+    """A notebook (or this test session) that trains late must not count its earlier hours against the budget."""
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert run_elapsed(started) < process_elapsed() - 0.1  # the time before `started` is not counted
+    assert run_elapsed(started - 5.0) >= 5.0 and abs(run_elapsed(None) - process_elapsed()) < 0.05  # /proc: 10 ms ticks
 
 
 def test_budgeted_run_plans_from_measurements_and_ends_in_time(make_cfg, tmp_path):

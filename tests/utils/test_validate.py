@@ -79,7 +79,7 @@ def test_paths_and_train_keys(tmp_path, ckpt, input_dir):
                       f"output={ckpt}")
     assert violations(cfg, "predict") == [
         f"ckpt_path={str(tmp_path / 'no.ckpt')!r}: expected an existing checkpoint file "
-        "(e.g. <run dir>/checkpoints/last.ckpt)",
+        "(e.g. <run dir>/checkpoints/model.ckpt)",
         f"input={str(tmp_path / 'nowhere')!r}: expected an existing image file or folder",
         f"output={str(ckpt)!r}: expected a folder (created if missing), not a file"]
     assert violations(predict_cfg(tmp_path), "predict")[0].startswith("ckpt_path: missing; expected an existing")
