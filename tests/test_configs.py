@@ -9,12 +9,34 @@ from omegaconf import OmegaConf
 
 from nucseg.train import build_module
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from nucseg.utils.validate import violations
+from tests.helpers.datasets import write_kaggle_test_set, write_user_folder
 from tests.helpers.paths import CONF_DIR
 
 
 def options(group: str) -> list[str]:
     """The options of a config group; `_`-prefixed files (`_base`, `_gpu`) are what options inherit."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def preset_values(group: str, name: str) -> dict:
+    """The literal values a config file sets, as dotted keys, with those of the `_` files it lists first
+    (interpolations left out: they are checked by resolving)."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=False)
+    values: dict = {}
+    for d in raw.pop("defaults", []):
+        if isinstance(d, str) and d.startswith("_"):
+            values.update(preset_values(group, d))
+
+    def leaves(node: dict, prefix: str = "") -> None:
+        for k, v in node.items():
+            if isinstance(v, dict) and "_target_" not in v and v:
+                leaves(v, f"{prefix}{k}.")
+            elif not (isinstance(v, str) and "${" in v):
+                values[f"{prefix}{k}"] = v
+
+    leaves(raw)
+    return values
 
 
 def test_groups_have_the_documented_options():
@@ -64,11 +86,19 @@ def test_optimizer_and_scheduler_options(make_cfg, option, sched):
         assert out["lr_scheduler"]["scheduler"] is not None
 
 
+# the strategy each trainer option must give (accelerator and devices are forced to one CPU here)
+STRATEGY = {"ddp": "DDPStrategy", "ddp_cpu": "DDPStrategy"}
+
+
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options(make_cfg, option):
     cfg = make_cfg([f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1"], fast=False)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
-    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert type(trainer.strategy).__name__ == STRATEGY.get(option, "SingleDeviceStrategy")
+    file = preset_values("trainer", option)
+    assert trainer.max_epochs == file.get("max_epochs", preset_values("trainer", "default")["max_epochs"])
+    # the atomic checkpoint writer of default.yaml reaches every option
+    assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
 
 
 @pytest.mark.parametrize("option", options("logger"))
@@ -99,24 +129,62 @@ def test_augment_options_instantiate(make_cfg, option):
     assert len(transforms) == len(cfg.augment.transforms)
 
 
-@pytest.mark.parametrize("option", options("debug") + [f"experiment={e}" for e in options("experiment")])
-def test_debug_and_experiment_configs_compose(make_cfg, option):
-    override = option if "=" in option else f"debug={option}"
-    cfg = make_cfg([override], fast=False)
+@pytest.mark.parametrize("option", [f"debug={d}" for d in options("debug")]
+                         + [f"experiment={e}" for e in options("experiment")])
+def test_debug_and_experiment_presets_set_their_values(make_cfg, option):
+    """Every value a preset file sets (and the `_` files it inherits) lands at its global key."""
+    group, name = option.split("=")
+    cfg = make_cfg([option], fast=False)
     OmegaConf.resolve(cfg)  # every interpolation resolves
+    expected = preset_values(group, name)
+    assert expected or name == "default", f"{option} sets nothing"
+    for key, value in expected.items():
+        assert OmegaConf.select(cfg, key) == value, f"{option}: {key}"
+
+
+@pytest.fixture(scope="module")
+def user_paths(dsb_root, tmp_path_factory):
+    """The paths the data options without a default need, filled with three real images."""
+    out = tmp_path_factory.mktemp("data_options")
+    ids = sorted(p.name for p in dsb_root.iterdir() if (p / "masks").is_dir())[:3]
+    kaggle, csv_path, _ = write_kaggle_test_set(dsb_root, ids, out / "kaggle")
+    folder = write_user_folder(dsb_root, ids, out / "folder")
+    return {"folder": [f"data.root={folder}"],
+            "dsb2018_test": [f"data.source.root={kaggle}"],
+            "dsb2018_solution": [f"data.source.images_root={kaggle}", f"data.source.csv_path={csv_path}"]}
+
+
+def _present(data_dir, option):
+    """How many labelled images the option's default root holds, counted on disk (not a constant)."""
+    if option == "dsb2018":
+        return sum((p / "masks").is_dir() for p in (data_dir / "dsb2018" / "stage1_train").iterdir())
+    return len(list((data_dir / "isbi2012" / "train" / "images").glob("*.png")))
 
 
 @pytest.mark.parametrize("option", options("data"))
-def test_data_options_compose(make_cfg, option):
-    cfg = make_cfg([f"data={option}"], fast=False)
-    # `"root" in cfg` is False for a ??? value, so look at every key (data.root, data.source.csv_path, ...)
-    mandatory = [k for node in (cfg.data, cfg.data.get("source") or {}) for k in node
-                 if OmegaConf.is_missing(node, k)]
-    if mandatory:  # needs a user path (e.g. data=folder data.root=...); tested with real files elsewhere
-        return
+def test_data_options_set_up_their_splits(make_cfg, option, user_paths, data_dir):
+    cfg = make_cfg([f"data={option}", *user_paths.get(option, [])], fast=False)
     dm = hydra.utils.instantiate(cfg.data)
     dm.setup()
-    assert dm.splits and sum(len(v) for v in dm.splits.values()) > 0
+    sizes = {k: len(dm.splits.get(k, [])) for k in ("train", "val", "test")}
+    if option == "isbi2012":  # the unlabelled test slices, served for prediction only
+        assert len(dm.splits["predict"]) == len(list((data_dir / "isbi2012" / "test" / "images").glob("*.png")))
+    if option in user_paths:  # the three images given; evaluation sets are all test
+        assert sum(sizes.values()) == 3
+        if option != "folder":
+            assert sizes == {"train": 0, "val": 0, "test": 3}
+    else:
+        assert sum(sizes.values()) == _present(data_dir, option)
+        assert min(sizes["train"], sizes["val"], sizes["test"]) > 0
+
+
+def test_data_options_without_a_default_path_are_named(make_cfg):
+    """Each option with a `???` path fails before any data is read, naming the key (a `???` merged over an
+    inherited root would silently keep the inherited one: dsb2018_test once tested on stage1_train)."""
+    for option, keys in (("folder", ["data.root"]), ("dsb2018_test", ["data.source.root"]),
+                         ("dsb2018_solution", ["data.source.images_root", "data.source.csv_path"])):
+        bad = violations(make_cfg([f"data={option}"], fast=False), "train")
+        assert [m.split(":")[0] for m in bad] == keys, option
 
 
 def test_one_callback_per_file():

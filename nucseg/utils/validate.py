@@ -149,8 +149,28 @@ def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
     return True, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+# config groups an entry point instantiates whole: any `???` left in them is a path or value the user must give
+# (data=folder's data.root, data=dsb2018_test's data.source.root), named before anything is built
+_MANDATORY_GROUPS = {"train": ("data",), "evaluate": ("data",), "tune": ("data",)}
+
+
+def _missing(node: Any, prefix: str) -> list[str]:
+    """Dotted keys of `???` values below `node`."""
+    if not isinstance(node, DictConfig):
+        return []
+    out = []
+    for k in map(str, node):
+        key = f"{prefix}.{k}"
+        if OmegaConf.is_missing(node, k):
+            out.append(key)
+        elif not OmegaConf.is_interpolation(node, k):
+            out += _missing(node[k], key)
+    return out
+
+
 def violations(cfg: DictConfig, entry: str, rules: dict[str, Rule] | None = None) -> list[str]:
-    """One message per key of `cfg` whose value breaks its rule, in table order."""
+    """One message per key of `cfg` whose value breaks its rule, in table order, then one per mandatory
+    value left missing in the groups the entry point instantiates."""
     out = []
     for key, rule in (RULES if rules is None else rules).items():
         if rule.entries is not None and entry not in rule.entries:
@@ -162,6 +182,9 @@ def violations(cfg: DictConfig, entry: str, rules: dict[str, Rule] | None = None
             out.append(f"{key}: missing; expected {rule.expected} (pass {key}=...)")
         elif not rule.ok(value):
             out.append(f"{key}={value!r}: expected {rule.expected}")
+    for group in _MANDATORY_GROUPS.get(entry, ()):
+        out += [f"{key}: missing; expected a value for this data option (pass {key}=...)"
+                for key in _missing(cfg.get(group), group) if key not in (rules or RULES)]
     return out
 
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.segmentation import relabel_sequential
 
 from nucseg.data.dsb2018 import DSB2018Source
 from nucseg.data.dsb2018_solution import DSB2018SolutionSource, read_solution_csv
 from nucseg.data.io import probe_image
-from nucseg.data.rle import labels_to_rles, rle_decode, rle_encode
+from nucseg.data.rle import rle_decode, rle_encode
 from nucseg.data.source import DataNotFoundError
 from nucseg.data.splits import stratified_split
 from nucseg.train import train
+from tests.helpers.datasets import write_kaggle_test_set
 
 # 3x3, pixels numbered down the columns: col 0 = 1,2,3; col 1 = 4,5,6; col 2 = 7,8,9
 HAND = np.array([[0, 1, 0],
@@ -74,36 +73,11 @@ def test_solution_csv_usage_filter_and_header(tmp_path):
         read_solution_csv(tmp_path / "missing.csv")
 
 
-def _write_test_sets(dsb_root, ids, tmp_path):
-    """A Kaggle-layout dir (images symlinked, merged labels written back as one PNG per nucleus) and a solution
-    CSV (one RLE row per nucleus) for the same images and labels."""
-    src = DSB2018Source(dsb_root)
-    kaggle = tmp_path / "stage1_test"
-    rows, expected = [], {}
-    for rid in ids:
-        _, labels = src.load(rid)
-        labels = relabel_sequential(labels)[0]
-        expected[rid] = labels
-        (kaggle / rid / "images").mkdir(parents=True)
-        (kaggle / rid / "masks").mkdir()
-        (kaggle / rid / "images" / f"{rid}.png").symlink_to(dsb_root / rid / "images" / f"{rid}.png")
-        for k in range(1, int(labels.max()) + 1):
-            Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(kaggle / rid / "masks" / f"{k:04d}.png")
-        h, w = labels.shape
-        rows += [(rid, rle, h, w, "Public") for rle in labels_to_rles(labels)]
-    csv_path = tmp_path / "stage1_solution.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["ImageId", "EncodedPixels", "Height", "Width", "Usage"])
-        writer.writerows(rows)
-    return kaggle, csv_path, expected
-
-
 def test_kaggle_dir_and_solution_csv_give_identical_labels_and_metrics(dsb_root, cache_dir, make_cfg, tmp_path):
     split = stratified_split(DSB2018Source(dsb_root, index_dir=cache_dir).records(), 0.1, 0.1, seed=42)
     # the three smallest images of the real test split (whole-image evaluation on CPU costs by the pixel)
     ids = sorted(split["test"], key=lambda i: (np.prod(probe_image(dsb_root / i / "images" / f"{i}.png")), i))[:3]
-    kaggle, csv_path, expected = _write_test_sets(dsb_root, ids, tmp_path / "sets")
+    kaggle, csv_path, expected = write_kaggle_test_set(dsb_root, ids, tmp_path / "sets")
 
     a, b = DSB2018Source(kaggle), DSB2018SolutionSource(kaggle, csv_path)
     assert [r.id for r in a.records()] == [r.id for r in b.records()] == sorted(ids)
@@ -131,7 +105,7 @@ def test_kaggle_dir_and_solution_csv_give_identical_labels_and_metrics(dsb_root,
 
 def test_solution_source_rejects_mismatches(dsb_root, tmp_path):
     rid = sorted(p.name for p in dsb_root.iterdir())[0]
-    kaggle, csv_path, expected = _write_test_sets(dsb_root, [rid], tmp_path)
+    kaggle, csv_path, expected = write_kaggle_test_set(dsb_root, [rid], tmp_path)
     h, w = expected[rid].shape
     wrong = tmp_path / "wrong_size.csv"
     wrong.write_text(f"ImageId,EncodedPixels,Height,Width,Usage\n{rid},1 3,{h + 1},{w},Public\n")
