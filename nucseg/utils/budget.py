@@ -11,8 +11,6 @@ repeats the same schedule anywhere.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
 import logging
 import math
@@ -27,6 +25,7 @@ from omegaconf import DictConfig, open_dict
 
 from nucseg.data.io import atomic_write_text
 from nucseg.utils.errors import ConfigError
+from nucseg.utils.train_precision import settle_train_precision
 
 __all__ = ["BudgetPlan", "plan_schedule", "apply_budget", "reuse_budget", "process_elapsed", "run_elapsed"]
 
@@ -51,6 +50,8 @@ class BudgetPlan:
     check_val_every_n_epoch: int
     steps: int
     estimated_total_s: float
+    train_precision: str = "32"  # what module.train_precision=auto chose (nucseg.utils.train_precision)
+    step_s_by_precision: dict[str, float] | None = None
 
 
 _LOADED = time.monotonic()
@@ -73,19 +74,23 @@ _STARTUP_S = process_elapsed()  # process start until this import: the interpret
 
 
 def plan_schedule(available_s: float, step_s: float, val_s: float, test_s: float, steps_per_epoch: int,
-                  validations: int, max_steps: int | None = None) -> tuple[int, int]:
-    """(epochs, check_val_every_n_epoch) that fit `available_s` seconds: `validations` evenly spaced
-    validations (the last at the end of training) plus the test, and as many whole epochs as remain.
+                  validations: int, max_steps: int | None = None) -> tuple[int, int, int]:
+    """(epochs, check_val_every_n_epoch, steps per epoch) that fill `available_s` seconds: `validations` evenly
+    spaced validations (the last at the end of training) plus the test, and the training steps that remain.
+    Epochs are whole multiples of the validation interval, at least `steps_per_epoch` long; the steps a
+    rounding to whole epochs would drop lengthen every epoch instead (random crops: an epoch is a length).
 
-    Raises ValueError when not even one epoch fits.
+    Raises ConfigError when not even one epoch fits.
     """
     if min(step_s, steps_per_epoch) <= 0:
         raise ConfigError(f"budget: expected positive step time and steps per epoch, got {step_s}, {steps_per_epoch}")
     validations = max(1, int(validations))
-    train_s = available_s - validations * val_s - test_s
-    steps = int(train_s // step_s)
-    if max_steps:
-        steps = min(steps, int(max_steps))
+
+    def fit(train_s: float) -> int:
+        steps = int(train_s // step_s)
+        return min(steps, int(max_steps)) if max_steps else steps
+
+    steps = fit(available_s - validations * val_s - test_s)
     epochs_possible = steps // steps_per_epoch
     if epochs_possible < 1:
         raise ConfigError(
@@ -99,27 +104,12 @@ def plan_schedule(available_s: float, step_s: float, val_s: float, test_s: float
         epochs = max(1, int((available_s - test_s) // per_epoch))
         if max_steps:
             epochs = min(epochs, max(1, int(max_steps) // steps_per_epoch))
-        return min(epochs, validations), 1
+        epochs = min(epochs, validations)
+        steps = max(fit(available_s - test_s - epochs * val_s), epochs * steps_per_epoch)
+        return epochs, 1, steps // epochs
     every = epochs_possible // validations
-    return every * validations, every
-
-
-def _time_train_steps(module: Any, datamodule: Any, steps: int, warmup: int) -> float:
-    """Seconds per optimizer step of a copy of the network on real training batches (the module is untouched)."""
-    net = copy.deepcopy(module.net).train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
-    loader = datamodule.train_dataloader()
-    it = iter(itertools.islice(loader, warmup + steps))
-    start = 0.0
-    for i, batch in enumerate(it):
-        if i == warmup:
-            start = time.perf_counter()
-        loss = module.criterion(net(batch["image"]), batch["target"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    del it, loader  # stop the loader's workers before training starts its own
-    return (time.perf_counter() - start) / steps
+    epochs = every * validations
+    return epochs, every, steps // epochs
 
 
 @torch.no_grad()
@@ -190,25 +180,34 @@ def _cap(callbacks: Any, name: str, limit: Any) -> Any:
     return int(cap) if limit is None or limit >= 1.0 else limit  # a fraction of the split: keep it (upper bound)
 
 
-def _set_schedule(cfg: DictConfig, epochs: int, every: int) -> None:
+def _set_schedule(cfg: DictConfig, datamodule: Any, epochs: int, every: int, steps_per_epoch: int) -> None:
+    samples = steps_per_epoch * int(datamodule.batch_size)
+    datamodule.samples_per_epoch = samples
     with open_dict(cfg):
         cfg.trainer.max_epochs = epochs
         cfg.trainer.min_epochs = min(int(cfg.trainer.get("min_epochs") or 1), epochs)
         cfg.trainer.check_val_every_n_epoch = every
         cfg.trainer.max_steps = -1
+        cfg.data.samples_per_epoch = samples
 
 
-def reuse_budget(cfg: DictConfig, plan_path: str | Path, output_dir: str | Path | None = None) -> bool:
-    """Apply the schedule of an earlier plan (a resumed run's own `budget.json`, or `budget.plan=<file>` to
-    rerun a budgeted run exactly, on any machine) instead of measuring; False when the file is not there.
-    With `output_dir`, the plan is copied there as this run's budget.json."""
+def reuse_budget(cfg: DictConfig, module: Any, datamodule: Any, plan_path: str | Path,
+                 output_dir: str | Path | None = None) -> bool:
+    """Apply the schedule (and the training precision `auto` chose) of an earlier plan (a resumed run's own
+    `budget.json`, or `budget.plan=<file>` to rerun a budgeted run exactly, on any machine) instead of
+    measuring; False when the file is not there. With `output_dir`, the plan is copied there as this run's
+    budget.json."""
     path = Path(plan_path)
     if not path.is_file():
         return False
     plan = json.loads(path.read_text())
-    _set_schedule(cfg, int(plan["epochs"]), int(plan["check_val_every_n_epoch"]))
-    log.info("budget: the schedule planned in %s (%d epochs of %d steps, validating every %d), not measured",
-             path, plan["epochs"], plan["steps_per_epoch"], plan["check_val_every_n_epoch"])
+    _set_schedule(cfg, datamodule, int(plan["epochs"]), int(plan["check_val_every_n_epoch"]),
+                  int(plan["steps_per_epoch"]))
+    if module.train_precision == "auto":
+        module.set_train_precision(plan.get("train_precision", "32"))
+    log.info("budget: the schedule planned in %s (%d epochs of %d steps, validating every %d; training precision "
+             "%s), not measured", path, plan["epochs"], plan["steps_per_epoch"], plan["check_val_every_n_epoch"],
+             module.train_precision)
     if output_dir is not None and Path(output_dir).resolve() != path.parent.resolve():
         atomic_write_text(Path(output_dir) / "budget.json", path.read_text())
     return True
@@ -239,7 +238,7 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
     val_mp, n_val = _megapixels(datamodule, "val", cfg.trainer.get("limit_val_batches"))
     test_mp, n_test = _megapixels(datamodule, "test", cfg.trainer.get("limit_test_batches"))
     log.info("budget: decode cache ready in %.0f s", time.perf_counter() - t)
-    step_s = _time_train_steps(module, datamodule, int(b.timing_steps), int(b.warmup_steps))
+    step_s, step_times = settle_train_precision(module, datamodule, int(b.timing_steps), int(b.warmup_steps))
     unc = dict(module.hparams.get("uncertainty") or {})
     samples = int(unc.get("samples") or 0)
     fwd_mp, mc_mp, post_img, trial_img = _time_eval(module, datamodule, int(b.timing_images), samples)
@@ -263,17 +262,17 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
     elapsed = run_elapsed(started)
     reserve = float(b.margin) * minutes * 60
     spe = int(datamodule.samples_per_epoch or len(datamodule.splits["train"])) // int(datamodule.batch_size)
-    epochs, every = plan_schedule(minutes * 60 - elapsed - reserve, step_s * float(b.step_overhead), val_s, test_s,
-                                  spe, int(b.validations), b.get("max_steps"))
+    epochs, every, spe = plan_schedule(minutes * 60 - elapsed - reserve, step_s * float(b.step_overhead), val_s,
+                                       test_s, spe, int(b.validations), b.get("max_steps"))
     steps = epochs * spe
     n_vals = epochs // every
     total = elapsed + steps * step_s * float(b.step_overhead) + n_vals * val_s + test_s
     plan = BudgetPlan(minutes, elapsed, step_s, val_s, test_s, reserve, fwd_mp, mc_mp, post_img, val_mp, test_mp,
-                      spe, epochs, every, steps, total)
-    _set_schedule(cfg, epochs, every)
-    log.info("budget %.1f min: %.0f s spent before training, %.3f s/step measured, validation %.0f s, test %.0f s "
-             "-> %d steps (%d epochs of %d), validating every %d epochs; estimated end at %.1f min",
-             minutes, elapsed, step_s, val_s, test_s, steps, epochs, spe, every, total / 60)
+                      spe, epochs, every, steps, total, module.train_precision, step_times)
+    _set_schedule(cfg, datamodule, epochs, every, spe)
+    log.info("budget %.1f min: %.0f s spent before training, %.3f s/step measured (%s), validation %.0f s, test "
+             "%.0f s -> %d steps (%d epochs of %d), validating every %d epochs; estimated end at %.1f min",
+             minutes, elapsed, step_s, module.train_precision, val_s, test_s, steps, epochs, spe, every, total / 60)
     if output_dir is not None:
         atomic_write_text(Path(output_dir) / "budget.json", json.dumps(asdict(plan), indent=2) + "\n")
     if not math.isfinite(total):

@@ -116,6 +116,8 @@ RULES: dict[str, Rule] = {
     "uncertainty.batch_size": Rule(integer(1), "an integer >= 1"),
     "uncertainty.review_threshold": Rule(either(number(0, 1), one_of("auto")), f"{UNIT}, or auto"),
     "module.threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
+    "module.train_precision": Rule(lambda v: str(v) in ("32", "bf16", "auto"), "32, bf16 or auto"),
+    "module.channels_last": Rule(one_of(True, False), "true or false"),
     # data
     "data.crop_size": Rule(integer(STRIDE, STRIDE), f"a positive multiple of {STRIDE} (e.g. 256)"),
     "data.batch_size": Rule(integer(1), "an integer >= 1"),

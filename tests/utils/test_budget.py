@@ -14,17 +14,24 @@ from nucseg.utils.errors import ConfigError
 
 
 def test_plan_schedule_fills_the_time_with_whole_epochs_and_even_validations():
-    # 1000 s: 4 validations of 10 s and a test of 60 s leave 900 s = 1800 steps of 0.5 s = 18 epochs of 100
-    assert plan_schedule(1000, 0.5, 10, 60, 100, 4) == (16, 4)  # 18 epochs rounded down to 4 x 4
-    assert plan_schedule(1000, 0.5, 10, 60, 100, 4, max_steps=800) == (8, 2)
-    assert plan_schedule(1000, 0.5, 10, 60, 100, 1) == (18, 18)
-    # 200 s - 4 x 10 s - 60 s = 100 s = 200 steps: 2 epochs, fewer than the validations: validate every epoch
-    assert plan_schedule(200, 0.5, 10, 60, 100, 4) == (2, 1)
-    # the validations that do not run buy training: 672 s after the test fit 3 epochs of 159 s + 50 s (a plan
-    # that kept 4 validations of 50 s would fit only 2)
-    assert plan_schedule(1286, 1.593, 50, 614, 100, 4) == (3, 1)
+    # 1000 s: 4 validations of 10 s and a test of 60 s leave 900 s = 1800 steps of 0.5 s: 18 epochs of 100 fit,
+    # rounded down to 4 x 4 epochs, which are lengthened to 112 steps so the 1800 steps are all trained
+    assert plan_schedule(1000, 0.5, 10, 60, 100, 4) == (16, 4, 112)
+    assert plan_schedule(1000, 0.5, 10, 60, 100, 4, max_steps=800) == (8, 2, 100)
+    assert plan_schedule(1000, 0.5, 10, 60, 100, 1) == (18, 18, 103)  # 930 s = 1860 steps
+    # 200 s - 4 x 10 s - 60 s = 100 s = 200 steps: 2 epochs, fewer than the validations: validate after each,
+    # and the 2 validations not run buy 40 more steps: 2 epochs of 120
+    assert plan_schedule(200, 0.5, 10, 60, 100, 4) == (2, 1, 120)
+    # 672 s after the test fit 3 epochs of 159 s + 50 s (4 validations of 50 s would fit only 2); the rest of
+    # the time lengthens them: (1286 - 614 - 3 x 50) / 1.593 = 327 steps
+    assert plan_schedule(1286, 1.593, 50, 614, 100, 4) == (3, 1, 109)
     with pytest.raises(ConfigError, match="budget"):
         plan_schedule(100, 0.5, 10, 60, 100, 4)
+    for args in [(1000, 0.5, 10, 60, 100, 4), (5000, 0.7, 30, 400, 100, 4), (1286, 1.593, 50, 614, 100, 4)]:
+        epochs, every, spe = plan_schedule(*args)
+        available, step_s, val_s, test_s = args[:4]
+        used = epochs * spe * step_s + epochs // every * val_s + test_s
+        assert used <= available < used + (epochs + 1) * step_s + val_s  # fills the time, within one step an epoch
 
 
 def test_process_elapsed_counts_from_process_start():
@@ -48,7 +55,7 @@ def test_budgeted_run_plans_from_measurements_and_ends_in_time(make_cfg, tmp_pat
     plan = json.loads((tmp_path / "budget.json").read_text())
     assert plan["steps_per_epoch"] == 4 and plan["step_s"] > 0 and plan["forward_s_per_mp"] > 0
     assert plan["epochs"] == 4 and plan["check_val_every_n_epoch"] == 2
-    assert plan["steps"] == plan["epochs"] * 4
+    assert plan["steps"] == plan["epochs"] * 4 and plan["train_precision"] == "32"
     assert plan["estimated_total_s"] <= 6 * 60
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == plan["steps"] == 16  # trained exactly the planned schedule
