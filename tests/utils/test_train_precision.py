@@ -29,39 +29,43 @@ class _Data:
         return [{"image": torch.rand(4, 3, 8, 8), "target": torch.rand(4, 1, 8, 8), "id": ["a"] * 4}] * 6
 
 
-def _fake_timings(monkeypatch, full: dict[str, float], probe: dict[str, float]) -> list[tuple[str, int]]:
-    """step_seconds answers from `full` (batches of 4) or `probe` (2 crops); returns the calls made."""
+def _fake_timings(monkeypatch, full: dict[str, float], probe: dict[str, float]) -> list[str]:
+    """step_seconds answers from `full`, probe_seconds from `probe`; returns the precisions steps were timed at."""
     calls = []
 
-    def fake(net, criterion, batches, precision, warmup):
-        crops = batches[0]["image"].shape[0]
-        calls.append((precision, crops))
-        assert "id" not in batches[0] or crops == 4  # the probe keeps tensors only
-        return (probe if crops == 2 else full)[precision]
+    def fake_steps(net, criterion, batches, precision, warmup):
+        calls.append(precision)
+        return full[precision]
 
-    monkeypatch.setattr(tp, "step_seconds", fake)
+    monkeypatch.setattr(tp, "step_seconds", fake_steps)
+    monkeypatch.setattr(tp, "probe_seconds", lambda precision, device: probe[precision])
     return calls
 
 
 @pytest.mark.parametrize(("full", "probe", "chosen", "bf16_timed"), [
-    ({"32": 0.63, "bf16": 0.24}, {"32": 0.1, "bf16": 0.05}, "bf16", True),  # a CPU with bf16 instructions
-    ({"32": 0.63, "bf16": 0.60}, {"32": 0.1, "bf16": 0.08}, "32", True),  # bf16 not faster enough: float32
-    ({"32": 0.63, "bf16": 30.0}, {"32": 0.1, "bf16": 5.0}, "32", False),  # no bf16 unit: the probe stops it
+    ({"32": 0.63, "bf16": 0.24}, {"32": 0.01, "bf16": 0.006}, "bf16", True),  # a CPU with bf16 instructions
+    ({"32": 0.63, "bf16": 0.60}, {"32": 0.01, "bf16": 0.008}, "32", True),  # bf16 not faster enough: float32
+    ({"32": 0.63, "bf16": 30.0}, {"32": 0.01, "bf16": 0.5}, "32", False),  # no bf16 unit: the probe stops it
 ])
 def test_auto_keeps_bf16_only_where_it_is_measured_faster(monkeypatch, full, probe, chosen, bf16_timed):
     calls = _fake_timings(monkeypatch, full, probe)
     module = _Module("auto")
     step_s, times = tp.settle_train_precision(module, _Data(), steps=3, warmup=1)
     assert module.train_precision == chosen and step_s == full[chosen]
-    assert (("bf16", 4) in calls) == bf16_timed and ("bf16", 2) in calls
+    assert calls == (["32", "bf16"] if bf16_timed else ["32"])
     assert set(times) == ({"32", "bf16"} if bf16_timed else {"32"})
 
 
 def test_a_fixed_precision_is_timed_as_it_is(monkeypatch):
-    calls = _fake_timings(monkeypatch, {"32": 0.5, "bf16": 0.2}, {"32": 0.1, "bf16": 0.05})
+    calls = _fake_timings(monkeypatch, {"32": 0.5, "bf16": 0.2}, {"32": 0.01, "bf16": 0.005})
     module = _Module("32")
     assert tp.settle_train_precision(module, _Data()) == (0.5, {"32": 0.5})
-    assert calls == [("32", 4)] and module.train_precision == "32"
+    assert calls == ["32"] and module.train_precision == "32"
+
+
+def test_the_probe_times_both_precisions():
+    device = torch.device("cpu")
+    assert 0 < tp.probe_seconds("32", device) < 5 and 0 < tp.probe_seconds("bf16", device) < 60
 
 
 def test_step_seconds_trains_under_the_asked_precision():
