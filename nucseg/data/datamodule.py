@@ -48,6 +48,7 @@ class SegDataModule(L.LightningDataModule):
         group_balance: float = 0.0,
         split_by: str = "acquisition",
         holdout_types: Sequence[str] = (),
+        memory_cache_mb: float = 0,
     ):
         """`validate` checks every record's files up front (see `Source.check`). Images above
         `large_image_mp` megapixels are logged by name: training crops them like any other, but whole-image
@@ -55,10 +56,10 @@ class SegDataModule(L.LightningDataModule):
         source root is a mandatory user setting (`data=folder data.root=...`) keep it here and pass it on to
         the source by interpolation. `group_balance` (0..1) oversamples rare imaging types in training
         (see `group_weights`); validation and test are never reweighted. `split_by` and `holdout_types`: see
-        `split_records`."""
+        `split_records`. `memory_cache_mb`: decoded records kept in memory per process (`CachedSource`)."""
         super().__init__()
         self.source = source
-        self.cached = CachedSource(source, cache_dir)
+        self.cached = CachedSource(source, cache_dir, memory_mb=memory_cache_mb)
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.crop_size, self.batch_size, self.num_workers = crop_size, batch_size, num_workers
         self.samples_per_epoch, self.augment, self.clahe = samples_per_epoch, list(augment or []), clahe

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,18 +70,48 @@ class CachedSource:
 
     DSB2018 keeps ~29,000 one-nucleus PNGs; merging them costs far more than reading one compressed array.
     Entries are written atomically and checked against the source's fingerprint of the files they came from.
+
+    With `memory_mb`, the most recently used records also stay decoded in this process's memory (up to that
+    many MB; their arrays are read-only, so a transform cannot change them in place): a training crop then
+    costs ~0.7 ms instead of ~3.7 ms of decompression, which matters where the loader shares two cores with
+    the training step (data.num_workers=0).
     """
 
-    def __init__(self, source: Source, cache_dir: str | Path | None):
+    def __init__(self, source: Source, cache_dir: str | Path | None, memory_mb: float = 0):
         self.source = source
         self.cache_dir = Path(cache_dir) / source.name if cache_dir else None
+        self.memory_bytes = int(memory_mb * 2**20)
+        self._memory: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._held = 0
+
+    def load(self, record_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if record_id in self._memory:
+            self._memory.move_to_end(record_id)
+            return self._memory[record_id]
+        image, labels = self._load(record_id)
+        if self.memory_bytes:
+            self._remember(record_id, image, labels)
+        return image, labels
+
+    def _remember(self, record_id: str, image: np.ndarray, labels: np.ndarray | None) -> None:
+        size = image.nbytes + (labels.nbytes if labels is not None else 0)
+        if size > self.memory_bytes:
+            return
+        for arr in (image, labels):
+            if arr is not None:
+                arr.flags.writeable = False
+        self._memory[record_id] = (image, labels)
+        self._held += size
+        while self._held > self.memory_bytes:
+            _, (old_image, old_labels) = self._memory.popitem(last=False)
+            self._held -= old_image.nbytes + (old_labels.nbytes if old_labels is not None else 0)
 
     def _path(self, record_id: str) -> Path:
         assert self.cache_dir is not None
         safe = hashlib.sha1(record_id.encode()).hexdigest()[:16] if "/" in record_id else record_id
         return self.cache_dir / f"{safe}.npz"
 
-    def load(self, record_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def _load(self, record_id: str) -> tuple[np.ndarray, np.ndarray | None]:
         if self.cache_dir is None:
             return self.source.load(record_id)
         path = self._path(record_id)

@@ -89,26 +89,24 @@ def probe_seconds(precision: str, device: torch.device, repeats: int = 3) -> flo
 
 
 def settle_train_precision(module: Any, datamodule: Any, steps: int = 3, warmup: int = 1) -> tuple[float, dict]:
-    """Time training steps of a copy of `module.net` on real training batches and, where
-    `module.train_precision` is 'auto', set it to the faster precision. Returns (seconds per step at the
-    precision the module now trains with, {precision: seconds per step measured}); the module's weights are
-    untouched."""
-    loader = datamodule.train_dataloader()
-    batches = list(itertools.islice(loader, warmup + steps))
-    del loader  # stop the loader's workers before training starts its own
+    """Time training steps of a copy of `module.net` on the live training loader (its loading competes for
+    the cores as it will in training) and, where `module.train_precision` is 'auto', set it to the faster
+    precision. Returns (seconds per step at the precision the module now trains with, {precision: seconds
+    per step measured}); the module's weights are untouched."""
 
-    def timed(precision: str, data: list[dict], lead: int) -> float:
-        return step_seconds(copy.deepcopy(module.net), module.criterion, data, precision, lead)
+    def timed(precision: str) -> float:
+        batches = itertools.islice(datamodule.train_dataloader(), warmup + steps)
+        return step_seconds(copy.deepcopy(module.net), module.criterion, batches, precision, warmup)
 
     wanted = check_train_precision(module.train_precision)
     if wanted != "auto":
-        s = timed(wanted, batches, warmup)
+        s = timed(wanted)
         return s, {wanted: s}
-    times = {"32": timed("32", batches, warmup)}
+    times = {"32": timed("32")}
     device = next(module.net.parameters()).device
     probe_32, probe_bf16 = probe_seconds("32", device), probe_seconds("bf16", device)
     if probe_32 / probe_bf16 >= MIN_SPEEDUP:
-        times["bf16"] = timed("bf16", batches, warmup)
+        times["bf16"] = timed("bf16")
     chosen = "bf16" if times["32"] / times.get("bf16", float("inf")) >= MIN_SPEEDUP else "32"
     module.set_train_precision(chosen)
     log.info("module.train_precision=auto: %s (s/step float32 %.3f, bf16 %s; convolution probe %.4f / %.4f s)",

@@ -71,6 +71,28 @@ def test_cache_round_trip_and_invalidation(dsb_root, tmp_path, monkeypatch):
     assert calls == [rid]
 
 
+def test_memory_cache_reads_each_record_once_within_its_budget(dsb_root, tmp_path, monkeypatch):
+    src = DSB2018Source(dsb_root)
+    ids = _ids(dsb_root, 3)
+    disk = CachedSource(src, tmp_path)
+    sizes = {rid: sum(a.nbytes for a in disk.load(rid)) for rid in ids}
+    # room for the two largest records together, not for all three
+    budget = sorted(sizes.values())[-1] + sorted(sizes.values())[-2]
+    cached = CachedSource(src, tmp_path, memory_mb=budget / 2**20)
+    reads = []
+    real = cached._load
+    monkeypatch.setattr(cached, "_load", lambda r: reads.append(r) or real(r))
+    for rid in ids + ids[-2:]:
+        image, labels = cached.load(rid)
+    assert reads == ids  # the last two came from memory
+    assert not image.flags.writeable and not labels.flags.writeable  # a transform cannot change the cache
+    with pytest.raises(ValueError, match="read-only"):
+        image[0, 0] = 0
+    assert cached._held <= budget and ids[0] not in cached._memory  # the oldest went first
+    image2, labels2 = disk.load(ids[-1])
+    assert np.array_equal(image, image2) and np.array_equal(labels, labels2)
+
+
 def test_split_is_deterministic_disjoint_and_stratified(dsb_root, tmp_path):
     records = DSB2018Source(dsb_root, index_dir=tmp_path).records()
     a = stratified_split(records, 0.1, 0.1, seed=42)
