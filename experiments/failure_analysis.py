@@ -56,6 +56,8 @@ def main() -> None:
         review = {r["id"]: r["needs_review"] for r in rows}
     elif unc.is_file():
         review = {r["id"]: r["needs_review"] for r in csv.DictReader(unc.open())}
+    # nucseg.evaluate's table has the instance metrics per image too
+    extra = [c for c in ("dsb_score", "ap50", "count_error") if c in rows[0] and all(r[c] != "" for r in rows)]
     src = DSB2018Source(args.root)
     for r in rows:
         image, labels = src.load(r["id"])
@@ -67,13 +69,15 @@ def main() -> None:
 
     lines = [f"# Failure analysis of {args.run_dir}", "",
              f"{len(rows)} images ({table}); failure = Dice < {args.fail_dice}.", "",
-             "| imaging type | images | mean Dice | mean IoU | failures |", "|---|---|---|---|---|"]
+             "| imaging type | images | mean Dice | mean IoU | " + "".join(f"mean {c} | " for c in extra)
+             + "failures |", "|---|---|---|---|" + "---|" * len(extra) + "---|"]
     by_group = defaultdict(list)
     for r in rows:
         by_group[r["group"]].append(r)
     for g, rs in sorted(by_group.items(), key=lambda kv: -len(kv[1])):
         d = np.array([r["dice"] for r in rs])
-        lines.append(f"| {g} | {len(rs)} | {d.mean():.3f} | {np.mean([r['iou'] for r in rs]):.3f} | "
+        cells = "".join(f"{np.mean([float(r[c]) for r in rs]):.3f} | " for c in extra)
+        lines.append(f"| {g} | {len(rs)} | {d.mean():.3f} | {np.mean([r['iou'] for r in rs]):.3f} | {cells}"
                      f"{int((d < args.fail_dice).sum())} |")
     fails = sorted((r for r in rows if r["dice"] < args.fail_dice), key=lambda r: r["dice"])
     ok = [r for r in rows if r["dice"] >= args.fail_dice]

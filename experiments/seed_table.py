@@ -3,6 +3,7 @@
 
     python experiments/seed_table.py outputs/ablate_aug/light outputs/ablate_aug/generalize \
         --metrics val/dsb_score val/dice --out experiments/results/ablate_aug
+    python experiments/seed_table.py old=outputs/ablate_preset/old new=outputs/ablate_preset/new ...
 
 Reads each job's `.hydra/overrides.yaml` and `metrics.json`. Ablations read the validation split (`test=false`):
 the test split is scored once per recorded run, not per arm.
@@ -22,14 +23,16 @@ import yaml
 from nucseg.data.io import atomic_write_text
 
 
-def jobs(sweep_dir: Path) -> list[tuple[str, str, dict]]:
-    """(arm, seed, metrics) of each finished job below `sweep_dir`."""
+def jobs(sweep_dir: Path, label: str | None = None) -> list[tuple[str, str, dict]]:
+    """(arm, seed, metrics) of each finished job below `sweep_dir`; the arm is `label`, else the job's
+    overrides without `seed` (and without `paths.*`, which move files, not results)."""
     out = []
     for metrics in sorted(sweep_dir.glob("**/metrics.json")):
         job = metrics.parent
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "?")
-        arm = " ".join(o for o in overrides if not o.startswith("seed="))
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), str(config.get("seed", "?")))
+        arm = label or " ".join(o for o in overrides if not o.startswith(("seed=", "paths.")))
         out.append((arm, seed, json.loads(metrics.read_text())))
     return out
 
@@ -51,14 +54,19 @@ def summarise(rows: list[tuple[str, str, dict]], metrics: list[str]) -> dict[str
     return table
 
 
+# metrics where lower is better (the arm with the lower mean is the better one)
+LOWER_IS_BETTER = ("count_error", "ece", "loss")
+
+
 def verdict(table: dict[str, dict], metric: str) -> str:
-    """'A > B' when the means differ by more than the larger of the two seed sds, else 'noise'."""
-    arms = sorted(table, key=lambda a: -table[a][metric]["mean"])
+    """'A better than B' when the means differ by more than the larger of the two seed sds, else 'noise'."""
+    sign = 1 if metric.rsplit("/", 1)[-1].startswith(LOWER_IS_BETTER) else -1
+    arms = sorted(table, key=lambda a: sign * table[a][metric]["mean"])
     if len(arms) < 2:
         return "one arm"
     a, b = table[arms[0]][metric], table[arms[1]][metric]
     spread = max(a["sd"], b["sd"])
-    diff = a["mean"] - b["mean"]
+    diff = abs(a["mean"] - b["mean"])
     if any(len(table[x]["seeds"]) < 3 for x in arms[:2]):
         return f"fewer than 3 seeds per arm: no claim (difference {diff:.4f})"
     if diff > spread:
@@ -77,11 +85,12 @@ def markdown(table: dict[str, dict], metrics: list[str]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweeps", type=Path, nargs="+")
+    ap.add_argument("sweeps", nargs="+", help="run or sweep folders, each optionally as LABEL=PATH (one arm per "
+                    "label; a label given twice joins its folders)")
     ap.add_argument("--metrics", nargs="+", default=["val/dsb_score", "val/dice"])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    rows = [r for s in args.sweeps for r in jobs(s)]
+    rows = [r for s in args.sweeps for r in jobs(Path(s.split("=", 1)[-1]), s.split("=", 1)[0] if "=" in s else None)]
     if not rows:
         raise SystemExit(f"error: no finished jobs (metrics.json) under {', '.join(map(str, args.sweeps))}")
     table = summarise(rows, args.metrics)
