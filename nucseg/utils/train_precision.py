@@ -2,7 +2,7 @@
 it faster.
 
 bf16 convolutions ran 2.6x faster than float32 (with channels-last weights) on one 2-core CPU with AVX512-BF16
-and ~50x slower on one without (tests/e2e/test_precision.py), and machines of one kind differ, so `auto`
+and 8-50x slower on ones without (experiments/bench_train_step.py), and machines of one kind differ, so `auto`
 measures instead of assuming: a one-convolution probe first (a machine without bf16 loses seconds, not
 minutes), then real training steps in both precisions. Only training steps use it: validation, test, evaluate and
 predict run float32, so a run's test metrics are what `evaluate` and `predict` compute from its checkpoint.
