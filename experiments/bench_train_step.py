@@ -32,7 +32,7 @@ import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.data.io import atomic_write_text
 from nucseg.train import build_module
 from nucseg.utils.compose import compose_config
-from nucseg.utils.train_precision import MIN_SPEEDUP, probe_seconds, step_seconds
+from nucseg.utils.train_precision import MIN_SPEEDUP, bf16_pays, probe_seconds, step_seconds
 
 CASES = [
     ("as before: float32, NCHW, 1 worker, .npz per crop",
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     probe = {p: round(probe_seconds(p, torch.device("cpu")), 5) for p in ("32", "bf16")}
-    auto = "bf16" if probe["32"] / probe["bf16"] >= MIN_SPEEDUP else "32"
+    auto = "bf16" if bf16_pays(probe["32"], probe["bf16"]) else "32"
     print(f"convolution probe: float32 {probe['32']:.4f} s, bf16 {probe['bf16']:.4f} s "
           f"(train_precision=auto goes on to time both only if bf16 is {MIN_SPEEDUP}x faster: {auto})", flush=True)
     rows = []

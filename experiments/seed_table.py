@@ -83,6 +83,17 @@ def markdown(table: dict[str, dict], metrics: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def arm_spec(spec: str) -> tuple[Path, str | None]:
+    """(folder, label) of a `PATH` or `LABEL=PATH` argument; an existing folder wins (Hydra sweep folders are
+    often named `seed=1`)."""
+    label, _, path = spec.partition("=")
+    if Path(spec).exists() or not path:
+        return Path(spec), None
+    if not Path(path).exists():
+        raise SystemExit(f"error: {spec}: no folder {path} (expected PATH or LABEL=PATH)")
+    return Path(path), label
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweeps", nargs="+", help="run or sweep folders, each optionally as LABEL=PATH (one arm per "
@@ -90,7 +101,7 @@ def main() -> None:
     ap.add_argument("--metrics", nargs="+", default=["val/dsb_score", "val/dice"])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    rows = [r for s in args.sweeps for r in jobs(Path(s.split("=", 1)[-1]), s.split("=", 1)[0] if "=" in s else None)]
+    rows = [r for s in args.sweeps for r in jobs(*arm_spec(s))]
     if not rows:
         raise SystemExit(f"error: no finished jobs (metrics.json) under {', '.join(map(str, args.sweeps))}")
     table = summarise(rows, args.metrics)

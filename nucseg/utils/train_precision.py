@@ -23,14 +23,19 @@ from torch import Tensor
 
 from nucseg.utils.errors import ConfigError
 
-__all__ = ["PRECISIONS", "check_train_precision", "probe_seconds", "settle_train_precision", "step_seconds",
-           "train_autocast"]
+__all__ = ["PRECISIONS", "bf16_pays", "check_train_precision", "probe_seconds", "settle_train_precision",
+           "step_seconds", "train_autocast"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("32", "bf16", "auto")
 # bf16 is chosen only when at least this much faster: its rounding is a (small) cost, a few % of speed is not
 MIN_SPEEDUP = 1.15
+
+
+def bf16_pays(seconds_32: float, seconds_bf16: float) -> bool:
+    """Whether bf16 is worth choosing: at least MIN_SPEEDUP times faster than float32."""
+    return seconds_32 / seconds_bf16 >= MIN_SPEEDUP
 
 
 def check_train_precision(value: Any) -> str:
@@ -105,9 +110,9 @@ def settle_train_precision(module: Any, datamodule: Any, steps: int = 3, warmup:
     times = {"32": timed("32")}
     device = next(module.net.parameters()).device
     probe_32, probe_bf16 = probe_seconds("32", device), probe_seconds("bf16", device)
-    if probe_32 / probe_bf16 >= MIN_SPEEDUP:
+    if bf16_pays(probe_32, probe_bf16):
         times["bf16"] = timed("bf16")
-    chosen = "bf16" if times["32"] / times.get("bf16", float("inf")) >= MIN_SPEEDUP else "32"
+    chosen = "bf16" if bf16_pays(times["32"], times.get("bf16", float("inf"))) else "32"
     module.set_train_precision(chosen)
     log.info("module.train_precision=auto: %s (s/step float32 %.3f, bf16 %s; convolution probe %.4f / %.4f s)",
              chosen, times["32"], f"{times['bf16']:.3f}" if "bf16" in times else "not timed", probe_32, probe_bf16)
