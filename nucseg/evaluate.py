@@ -29,33 +29,13 @@ from nucseg.utils.config import align_data_with_checkpoint
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
-from nucseg.utils.tables import write_csv
+from nucseg.utils.tables import merge_rows, write_per_image
 from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
 HEADLINE = ("test/dice", "test/iou", "test/auroc", "test/dsb_score", "test/ap50", "test/count_error",
             "test/certainty_spearman", "test/failure_auroc")
-PER_IMAGE_FIRST = ("id", "height", "width", "dice", "iou", "dsb_score", "ap50", "count_error", "n_true", "n_pred",
-                   "certainty", "needs_review")
-
-
-def merge_rows(base: list[dict], *others: list[dict]) -> list[dict]:
-    """Join per-image rows from several callbacks on `id` (order of `base`)."""
-    by_id = {r["id"]: dict(r) for r in base}
-    for rows in others:
-        for r in rows:
-            if r.get("id") in by_id:
-                for k, v in r.items():
-                    if not k.startswith("_"):
-                        by_id[r["id"]].setdefault(k, v)
-    return list(by_id.values())
-
-
-def write_per_image(path: Path, rows: list[dict]) -> None:
-    """per_image.csv: the known columns first (those present), then any others in name order."""
-    extra = sorted({k for r in rows for k in r} - set(PER_IMAGE_FIRST))
-    write_csv(path, [c for c in PER_IMAGE_FIRST if any(c in r for r in rows)] + extra, rows)
 
 
 def _score_split(datamodule: Any, split: str) -> None:

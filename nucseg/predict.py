@@ -2,9 +2,11 @@
 in new images of any size and bit depth, with a checkpoint alone.
 
 Per image: `<stem>_labels.tif` (instance labels, uint16 or uint32; Fiji/napari read them), `<stem>_prob.tif`
-(float32 foreground probability), `<stem>_overlay.png` (nucleus outlines), and for models with an uncertainty
-method `<stem>_uncertainty.tif` (per-pixel maps). Per run: `summary.csv` (one row per image, with the
-certainty, a needs_review flag, the count of NaN / inf pixels and a warning for constant images), `nuclei.csv`
+(float32 foreground probability, calibrated), `<stem>_overlay.png` (nucleus outlines), for models with an
+uncertainty method `<stem>_uncertainty.tif` (per-pixel maps), and for an image flagged for review
+`<stem>_review.png` (image, outlines, uncertainty and the reason). Per run: `summary.csv` (one row per image,
+with the certainty, the out-of-distribution score, a needs_review flag and its reason, the count of NaN / inf
+pixels and a warning for constant images), `nuclei.csv`
 (one row per nucleus), `errors.csv` (inputs that could not be read or processed, by name), and with `rle=true`
 a Kaggle `submission.csv`. A bad file does not stop the run; the exit status is non-zero only when no image
 could be processed; bad settings stop it before any work (exit status 2). The engine is `nucseg.Predictor`.
@@ -87,7 +89,8 @@ def _load_predictor(cfg: DictConfig, n_images: int) -> Predictor:
     predictor = Predictor.from_checkpoint(
         cfg.ckpt_path, device=cfg.get("device", "auto"), tile=cfg.tile, overlap=cfg.overlap, blend=cfg.blend,
         tile_batch_size=cfg.get("tile_batch_size"), tta=_plain(cfg.get("tta")),
-        postprocess=_plain(cfg.get("postprocess")), uncertainty=_plain(cfg.get("uncertainty")))
+        postprocess=_plain(cfg.get("postprocess")), uncertainty=_plain(cfg.get("uncertainty")),
+        ood_threshold=cfg.get("ood_threshold"))
     log.info("checkpoint %s: targets=%s, uncertainty=%s, %d image(s) to predict", cfg.ckpt_path,
              predictor.module.hparams.get("targets"), predictor.method, n_images)
     return predictor

@@ -1,4 +1,5 @@
-"""`python -m nucseg.train [overrides]`: compose the config, fit, test the best checkpoint, write metrics.json.
+"""`python -m nucseg.train [overrides]`: compose the config, fit, test the best checkpoint, write metrics.json
+and per_image.csv.
 
 Thin on purpose: every piece is chosen by config and built with `hydra.utils.instantiate`.
 """
@@ -23,6 +24,7 @@ from nucseg.utils.errors import friendly_errors
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
 from nucseg.utils.run import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
+from nucseg.utils.tables import merge_rows, write_per_image
 from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", metrics)
+        if cfg.get("test", True):
+            write_test_rows(output_dir / "per_image.csv", callbacks)
     return metrics
+
+
+def write_test_rows(path: Path, callbacks: list) -> None:
+    """per_image.csv of the test split as `nucseg.evaluate` writes it: the instance metrics and the
+    uncertainty rows (certainty, every candidate score, OOD score, review flag) joined on the image id."""
+    from nucseg.callbacks.instance_metrics import InstanceMetrics
+    from nucseg.callbacks.uncertainty import UncertaintyEvaluation
+
+    inst = [c.rows for c in callbacks if isinstance(c, InstanceMetrics) and c.rows]
+    unc = [c.rows for c in callbacks if isinstance(c, UncertaintyEvaluation) and c.rows]
+    tables = inst + unc
+    if tables:
+        write_per_image(path, merge_rows(tables[0], *tables[1:]))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -19,6 +19,22 @@ images to `<run>/uncertainty/heatmaps/`.
 (`nucseg.uncertainty.review.choose_review_threshold`). It is logged as `val/review_threshold`, written to
 `<run>/uncertainty/review_threshold.json` and into the tested checkpoint's `uncertainty` hyper-parameters, so
 that prediction from that checkpoint flags the same images.
+
+In the same validation pass, with the same weights, two more things are fitted and stored in the checkpoint
+(`<run>/uncertainty/trust.json` records them; a checkpoint that already holds them keeps them):
+- `calibration`: temperature scaling of the foreground probability (`fit_temperature` on a fixed sample of
+  pixels of the mean MC probability): `temperature` fitted on the validation images, and with
+  `shift_calibration` (default) `temperature_unlike`, fitted on one perturbed copy of each
+  (`nucseg.uncertainty.perturb`: noise, blur, contrast, gamma, tint or inversion at a random strength) and
+  applied to images unlike the training data (`image_temperature`). One temperature for all images cannot fit
+  both: fitted on validation it leaves the confident errors on a new image type as they are, fitted on
+  validation and perturbed copies together it softens the familiar images too (`temperature_pooled`, kept for
+  the record). `test/ece_calibrated` (the rule applied), `test/ece_calibrated_val` (validation's temperature
+  everywhere) and `test/ece_calibrated_pooled` beside `test/ece`;
+- `ood`: the k-NN density of the encoder features of up to `ood.max_train_images` training images
+  (`nucseg.uncertainty.ood`) and the threshold above which an image is "unlike the training data" (the
+  `ood.quantile` of the validation images' scores). Test rows get `ood_score` and `unlike_training`;
+  `needs_review` is low certainty OR unlike the training data, `review_reason` says which.
 """
 
 from __future__ import annotations
@@ -30,11 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from nucseg.data.io import atomic_write_bytes, atomic_write_text
-from nucseg.metrics.calibration import CalibrationError
+from nucseg.metrics.calibration import CalibrationError, apply_temperature, fit_temperature, image_temperature
 from nucseg.uncertainty.estimate import (
     HEATMAPS,
     deterministic_probs,
@@ -43,7 +61,15 @@ from nucseg.uncertainty.estimate import (
     module_samples,
     module_settings,
 )
-from nucseg.uncertainty.review import ReviewThreshold, choose_review_threshold, uncertainty_metrics
+from nucseg.uncertainty.ood import FeatureDensity, encoder_features
+from nucseg.uncertainty.perturb import perturbed_copy
+from nucseg.uncertainty.review import (
+    ReviewThreshold,
+    choose_review_threshold,
+    ood_threshold,
+    review_reason,
+    uncertainty_metrics,
+)
 from nucseg.utils.checkpoint import update_checkpoint_hparams
 from nucseg.utils.distributed import gather_rows, sum_states
 from nucseg.utils.files import safe_filename
@@ -53,23 +79,32 @@ from nucseg.utils.tables import write_csv
 
 log = logging.getLogger(__name__)
 
+OOD_DEFAULTS = {"components": 8, "neighbours": 5, "max_train_images": 128, "quantile": 0.95}
+PIXELS_PER_IMAGE = 20_000  # validation pixels per image for the temperature: plenty for one parameter
+
 
 class UncertaintyEvaluation(L.Callback):
     """Evaluate uncertainty on the test split (a no-op for models without uncertainty)."""
 
     def __init__(self, output_dir: str | None = None, num_heatmaps: int = 4, heatmap: str = "entropy",
-                 max_val_images: int | None = None, store_in_checkpoint: bool = True):
+                 max_val_images: int | None = None, store_in_checkpoint: bool = True, calibrate: bool = True,
+                 shift_calibration: bool = True, ood: dict[str, Any] | None = None):
         if heatmap not in HEATMAPS:
             raise ValueError(f"callbacks.uncertainty.heatmap: expected entropy, mutual_info or variance, "
                              f"got {heatmap!r}")
         self.output_dir = Path(output_dir) if output_dir else None
         self.num_heatmaps, self.heatmap = num_heatmaps, heatmap
         self.max_val_images, self.store_in_checkpoint = max_val_images, store_in_checkpoint
+        self.calibrate, self.shift_calibration = bool(calibrate), bool(shift_calibration)
+        self.ood_cfg = {**OOD_DEFAULTS, **dict(ood)} if ood else None
         self.settings: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = []
         self.val_rows: list[dict[str, Any]] = []
         self.review_threshold: float = float("nan")
         self.review_rule = "fixed"
+        self.calibration: dict[str, Any] = {}
+        self.density: FeatureDensity | None = None
+        self.ood_threshold = math.inf
         self._members: list | None = None
         self._cal: dict[str, CalibrationError] = {}
         self._panels: list = []
@@ -80,73 +115,175 @@ class UncertaintyEvaluation(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         module_settings(pl_module)  # fail fast on a bad uncertainty config, before any training
 
-    def _evaluate(self, pl_module: L.LightningModule, batch: dict, det_probs: Tensor | None) -> list[dict]:
-        """The batch's rows; the pixel calibration of labelled images is accumulated on the way."""
+    def _evaluate(self, pl_module: L.LightningModule, batch: dict, det_probs: Tensor | None,
+                  unlike: list[bool] | None = None) -> list[dict]:
+        """The batch's rows; the pixel calibration of labelled images is accumulated on the way (`unlike`: per
+        image, whether it is unlike the training data, which picks its temperature)."""
         assert self.settings is not None
         samples = module_samples(pl_module, batch["image"], self.settings, self._members)
-        rows = image_rows(samples, batch, det_probs, float(getattr(pl_module, "threshold", 0.5)), self.heatmap)
+        rows = image_rows(samples, batch, det_probs, float(getattr(pl_module, "threshold", 0.5)), self.heatmap,
+                          self.settings["score"])
         for i, row in enumerate(rows):
             mean, _, true = row["_maps"]
             if true is not None and self._cal:
                 self._cal["mc"].update(mean.cpu(), true.cpu())
+                t = {"calibrated": image_temperature(self.calibration, bool(unlike and unlike[i])),
+                     "calibrated_val": image_temperature(self.calibration, False),
+                     "calibrated_pooled": float(self.calibration.get("temperature_pooled",
+                                                                     image_temperature(self.calibration, False)))}
+                for key, temperature in t.items():
+                    self._cal[key].update(apply_temperature(mean.cpu(), temperature), true.cpu())
                 if det_probs is not None:
                     self._cal["det"].update(det_probs[i, 0].float().cpu(), true.cpu())
         return rows
 
-    # ----------------------------------------------------------------- review threshold on validation
-    def _choose_threshold(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ReviewThreshold:
-        assert self.settings is not None
+    def _ood_scores(self, pl_module: L.LightningModule, batch: dict) -> list[float]:
+        if self.density is None:
+            return [math.nan] * len(batch["id"])
+        feats = encoder_features(pl_module.net, batch["image"].to(pl_module.device),  # type: ignore[arg-type]
+                                 int(getattr(pl_module, "pad_multiple", 32)))
+        return [float(v) for v in self.density.score(feats)]
+
+    # ----------------------------------------------------------------- choices on validation
+    def _validation_pass(self, trainer: L.Trainer, pl_module: L.LightningModule, purpose: str, shifted: bool
+                         ) -> tuple[dict[str, list[Tensor]], list[Tensor]]:
+        """Rows of the validation images (in `val_rows`); a fixed random sample of (mean probability, truth)
+        pixels per image for the temperature ("val", and with `shifted` "shift" from a perturbed copy of each
+        image); the encoder features for the OOD threshold."""
         self.val_rows = []
-        for batch in validation_batches(trainer, self.max_val_images,
-                                        "uncertainty.review_threshold=auto (or set it to a number)"):
-            for row in self._evaluate(pl_module, batch, None):
-                row.pop("_maps")
-                if not math.isnan(row["dice_mc"]):
-                    self.val_rows.append(row)
-        s = self.settings
-        return choose_review_threshold([r["certainty"] for r in self.val_rows], [r["dice_mc"] for r in self.val_rows],
-                                       s["failure_dice"], s["min_val_failures"], s["review_budget"])
+        pixels: dict[str, list[Tensor]] = {"val": [], "shift": []}
+        feats = []
+        gen, perturb_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+
+        def sample(row: dict[str, Any], into: str) -> None:
+            mean, _, true = row["_maps"]
+            flat_p, flat_t = mean.flatten().cpu(), true.flatten().cpu()
+            pick = torch.randperm(flat_p.numel(), generator=gen)[:PIXELS_PER_IMAGE]
+            pixels[into].append(torch.stack([flat_p[pick], flat_t[pick].float()]))
+
+        for batch in validation_batches(trainer, self.max_val_images, purpose):
+            if self.ood_cfg:
+                feats.append(encoder_features(pl_module.net, batch["image"].to(pl_module.device),  # type: ignore[arg-type]
+                                              int(getattr(pl_module, "pad_multiple", 32))))
+            rows = [r for r in self._evaluate(pl_module, batch, None) if not math.isnan(r["dice_mc"])]
+            for row in rows:
+                sample(row, "val")
+                self.val_rows.append({k: v for k, v in row.items() if k != "_maps"})
+            if shifted and rows:
+                image, _, _ = perturbed_copy(batch["image"], len(pixels["shift"]), perturb_gen)
+                for row in self._evaluate(pl_module, {**batch, "image": image}, None):
+                    if not math.isnan(row["dice_mc"]):
+                        sample(row, "shift")
+        return pixels, feats
+
+    def _fit_temperature(self, pixels: dict[str, list[Tensor]]) -> dict[str, Any]:
+        """The `calibration` hyper-parameters (see the module doc) from the sampled pixels."""
+        val = torch.cat(pixels["val"], dim=1)
+        cal: dict[str, Any] = {"temperature": fit_temperature(val[0], val[1]), "n_val_images": len(pixels["val"])}
+        if pixels["shift"]:
+            shift = torch.cat(pixels["shift"], dim=1)
+            both = torch.cat([val, shift], dim=1)
+            cal.update(temperature_unlike=fit_temperature(shift[0], shift[1]),
+                       temperature_pooled=fit_temperature(both[0], both[1]))
+        log.info("calibration: temperature %.3f fitted on %d validation images; %s", cal["temperature"],
+                 len(pixels["val"]), f"{cal['temperature_unlike']:.3f} for images unlike the training data "
+                 f"(fitted on a perturbed copy of each)" if pixels["shift"] else "no shift calibration")
+        return cal
+
+    def _fit_ood(self, trainer: L.Trainer, pl_module: L.LightningModule, val_feats: list[Tensor]) -> None:
+        assert self.ood_cfg is not None
+        dm: Any = getattr(trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "whole_image_loader") or not (dm.splits or {}).get("train"):
+            log.warning("ood: no training split to fit the density on (e.g. nucseg.evaluate on a folder): the "
+                        "checkpoint's density is kept")
+            return
+        feats = [encoder_features(pl_module.net, b["image"].to(pl_module.device),  # type: ignore[arg-type]
+                                  int(getattr(pl_module, "pad_multiple", 32)))
+                 for b in dm.whole_image_loader("train", self.ood_cfg["max_train_images"])]
+        self.density = FeatureDensity.fit(torch.cat(feats), int(self.ood_cfg["components"]),
+                                          int(self.ood_cfg["neighbours"]))
+        val_scores = self.density.score(torch.cat(val_feats))
+        self.ood_threshold = ood_threshold(val_scores, float(self.ood_cfg["quantile"]))
+        log.info("ood: density of %d training images' encoder features (%d dims); unlike the training data above "
+                 "%.3f (the %.0f %% quantile of %d validation images)", len(feats), feats[0].shape[1],
+                 self.ood_threshold, 100 * float(self.ood_cfg["quantile"]), len(val_scores))
+
+    def _load_stored(self, pl_module: L.LightningModule) -> None:
+        """The temperature and OOD density the module already holds (a checkpoint being re-evaluated)."""
+        hp = getattr(pl_module, "hparams", {})
+        self.calibration = dict(hp.get("calibration") or {})
+        ood = hp.get("ood") or {}
+        self.density = FeatureDensity.from_dict(ood["density"]) if ood.get("density") else None
+        self.ood_threshold = float(ood.get("threshold", math.inf)) if self.density is not None else math.inf
 
     @rank_zero_only
-    def _store_threshold(self, trainer: L.Trainer, chosen: ReviewThreshold) -> None:
+    def _store(self, trainer: L.Trainer, chosen: ReviewThreshold | None, updates: dict[str, dict[str, Any]]
+               ) -> None:
         assert self.settings is not None
         out = self._out(trainer)
-        info = {"review_threshold": chosen.value, "failure_dice": self.settings["failure_dice"],
-                "method": self.settings["method"], "rule": chosen.rule, "n_val_images": chosen.n_images,
-                "n_val_failures": chosen.n_failures}
-        atomic_write_text(out / "review_threshold.json", json.dumps(info, indent=2) + "\n")
+        if chosen is not None:
+            info = {"review_threshold": chosen.value, "failure_dice": self.settings["failure_dice"],
+                    "method": self.settings["method"], "score": self.settings["score"], "rule": chosen.rule,
+                    "n_val_images": chosen.n_images, "n_val_failures": chosen.n_failures}
+            atomic_write_text(out / "review_threshold.json", json.dumps(info, indent=2) + "\n")
+        trust = {"calibration": self.calibration, "ood_threshold": self.ood_threshold if self.density else None,
+                 "ood_quantile": (self.ood_cfg or {}).get("quantile"), "n_val_images": len(self.val_rows)}
+        atomic_write_text(out / "trust.json", json.dumps(trust, indent=2) + "\n")
         _write_rows(out / "val_images.csv", self.val_rows)
-        if self.store_in_checkpoint:
-            update_checkpoint_hparams(getattr(trainer, "ckpt_path", None),
-                                      {"uncertainty": {"review_threshold": chosen.value}})
+        if self.store_in_checkpoint and updates:
+            update_checkpoint_hparams(getattr(trainer, "ckpt_path", None), updates)
 
     # ----------------------------------------------------------------- test hooks
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.settings = module_settings(pl_module)
-        self.rows, self._panels, self._cal = [], [], {}
+        self.rows, self._panels, self._cal, self.val_rows = [], [], {}, []
         if self.settings is None:
             return
         self._members = ensemble_members(pl_module, self.settings)
+        self._load_stored(pl_module)
+        rt = self.settings["review_threshold"]
+        chosen: ReviewThreshold | None = None
+        updates: dict[str, dict[str, Any]] = {}
+        # fitted once, with the weights being tested (nucseg.train); a checkpoint that holds them keeps them
+        fit_t = self.calibrate and "temperature" not in (pl_module.hparams.get("calibration") or {})
+        fit_ood = bool(self.ood_cfg) and self.density is None
+        if rt == "auto" or fit_t or fit_ood:
+            purpose = "uncertainty.review_threshold=auto, callbacks.uncertainty.calibrate and .ood (or set them off)"
+            pixels, feats = self._validation_pass(trainer, pl_module, purpose, fit_t and self.shift_calibration)
+            if rt == "auto":
+                s = self.settings
+                chosen = choose_review_threshold([r["certainty"] for r in self.val_rows],
+                                                 [r["dice_mc"] for r in self.val_rows], s["failure_dice"],
+                                                 s["min_val_failures"], s["review_budget"])
+                self.review_threshold, self.review_rule = chosen.value, chosen.rule
+                updates["uncertainty"] = {"review_threshold": chosen.value}
+            if fit_t and pixels["val"]:
+                self.calibration = updates["calibration"] = self._fit_temperature(pixels)
+            if fit_ood and feats:
+                self._fit_ood(trainer, pl_module, feats)
+                if self.density is not None:
+                    updates["ood"] = {"density": self.density.to_dict(), "threshold": self.ood_threshold}
+        if rt != "auto":
+            self.review_threshold = float(rt)
+        for group, values in updates.items():  # the module's own copy, for a checkpoint saved after the test
+            pl_module.hparams[group] = {**dict(pl_module.hparams.get(group) or {}), **values}
+        self._store(trainer, chosen, updates)
         n_bins = int(self.settings.get("ece_bins", 15))
         # summed across DDP processes by hand in on_test_epoch_end (states live on the CPU)
-        self._cal = {"mc": CalibrationError(n_bins, sync_on_compute=False),
-                     "det": CalibrationError(n_bins, sync_on_compute=False)}
-        rt = self.settings["review_threshold"]
-        if rt == "auto":
-            chosen = self._choose_threshold(trainer, pl_module)
-            self.review_threshold, self.review_rule = chosen.value, chosen.rule
-            self._store_threshold(trainer, chosen)
-            hp = dict(pl_module.hparams.get("uncertainty") or {})
-            pl_module.hparams["uncertainty"] = {**hp, "review_threshold": self.review_threshold}
-        else:
-            self.review_threshold = float(rt)
+        self._cal = {k: CalibrationError(n_bins, sync_on_compute=False)
+                     for k in ("mc", "calibrated", "calibrated_val", "calibrated_pooled", "det")}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.settings is None:
             return
-        for i, row in enumerate(self._evaluate(pl_module, batch, deterministic_probs(pl_module, batch, outputs))):
+        ood = self._ood_scores(pl_module, batch)
+        unlike_all = [bool(v > self.ood_threshold) for v in ood]
+        det = deterministic_probs(pl_module, batch, outputs)
+        for i, row in enumerate(self._evaluate(pl_module, batch, det, unlike_all)):
             mean, heat, true = row.pop("_maps")
-            row["needs_review"] = bool(row["certainty"] < self.review_threshold)
+            low, unlike = bool(row["certainty"] < self.review_threshold), unlike_all[i]
+            row.update(ood_score=ood[i], unlike_training=unlike, needs_review=low or unlike,
+                       review_reason=review_reason(low, unlike))
             self.rows.append(row)
             if i == 0 and isinstance(outputs, dict):  # for later callbacks (report figures); test batches hold 1
                 outputs["uncertainty"], outputs["certainty"] = heat.detach().float().cpu(), row["certainty"]
@@ -169,6 +306,14 @@ class UncertaintyEvaluation(L.Callback):
             return
         metrics = uncertainty_metrics(self.rows, self.settings["failure_dice"], self.review_threshold,
                                       float(self._cal["mc"].compute()), float(self._cal["det"].compute()))
+        metrics["test/ece_calibrated"] = float(self._cal["calibrated"].compute())
+        for key in ("calibrated_val", "calibrated_pooled"):
+            metrics[f"test/ece_{key}"] = float(self._cal[key].compute())
+        for key in ("temperature", "temperature_unlike", "temperature_pooled"):
+            if key in self.calibration:
+                metrics[f"val/{key}"] = float(self.calibration[key])
+        if self.density is not None:
+            metrics["test/unlike_training_fraction"] = float(np.mean([r["unlike_training"] for r in self.rows]))
         for name, value in metrics.items():
             pl_module.log(name, float(value), batch_size=1)
         self._write(trainer, metrics)
@@ -183,8 +328,10 @@ class UncertaintyEvaluation(L.Callback):
         fig = reliability_diagram(self._cal["mc"].bins(), metrics["test/ece"],
                                   title=f"pixel reliability, {self.settings['method']} mean")
         atomic_write_bytes(out / "reliability.png", figure_png(fig))
-        log.info("uncertainty: spearman %.3f, failure AUROC %.3f, ECE %.4f (deterministic %.4f); wrote %s",
-                 metrics["test/certainty_spearman"], metrics["test/failure_auroc"], metrics["test/ece"],
+        log.info("uncertainty: spearman %.3f, failure AUROC %.3f, ECE %.4f (calibrated %.4f, T=%.3f / %.3f unlike "
+                 "the training data; deterministic %.4f); wrote %s", metrics["test/certainty_spearman"],
+                 metrics["test/failure_auroc"], metrics["test/ece"], metrics["test/ece_calibrated"],
+                 image_temperature(self.calibration, False), image_temperature(self.calibration, True),
                  metrics["test/ece_deterministic"], out)
         runs = wandb_experiments(trainer)
         if not runs:

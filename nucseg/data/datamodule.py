@@ -146,6 +146,19 @@ class SegDataModule(L.LightningDataModule):
                                        self.target_fn, self.samples_per_epoch)
         return SegmentationDataset(self.cached, ids, eval_transform(self.clahe), self.target_fn)
 
+    def whole_image_loader(self, split: str, max_images: int | None = None) -> DataLoader:
+        """Whole images of `split` as validation sees them (no augmentation, batches of 1), at most
+        `max_images` of them spread evenly over the split (e.g. training images for the OOD density)."""
+        self.setup()
+        assert self.splits is not None
+        ids = list(self.splits.get(split, []))
+        if not ids:
+            raise ValueError(f"split '{split}' of {self.source.name} is empty")
+        if max_images is not None and len(ids) > int(max_images):
+            ids = [ids[i] for i in np.linspace(0, len(ids) - 1, int(max_images)).round().astype(int)]
+        dataset = SegmentationDataset(self.cached, ids, eval_transform(self.clahe), self.target_fn)
+        return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, collate_fn=collate)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         train = split == "train"
         dataset = self.dataset(split)

@@ -11,7 +11,7 @@ from nucseg.data.source import DataNotFoundError
 __all__ = ["OUTPUT_SUFFIXES", "list_inputs", "require_images", "unique_stems"]
 
 # per-image outputs of `nucseg.inference.writers.write_image_outputs`: skipped when listing the output folder
-OUTPUT_SUFFIXES = ("_labels.tif", "_prob.tif", "_uncertainty.tif", "_overlay.png")
+OUTPUT_SUFFIXES = ("_labels.tif", "_prob.tif", "_uncertainty.tif", "_overlay.png", "_review.png")
 
 
 def list_inputs(path: str | Path, recursive: bool = False, output: str | Path | None = None

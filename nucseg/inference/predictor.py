@@ -3,17 +3,18 @@
     import nucseg
     p = nucseg.Predictor.from_checkpoint("runs/x/checkpoints/model.ckpt")
     r = p.predict(image)          # any (H, W) or (H, W, C) array, 8/16-bit or float
-    r.labels, r.probability, r.nuclei, r.certainty, r.needs_review
+    r.labels, r.probability, r.nuclei, r.certainty, r.needs_review, r.review_reason, r.ood_score
 
 Everything about the model (network, input normalisation, CLAHE, post-processing, uncertainty method and
-review threshold) comes from the checkpoint; arguments left None keep the checkpoint's settings.
-`python -m nucseg.predict` is a loop over `Predictor.predict_files` plus the writers of
-`nucseg.inference.writers`.
+review threshold, the calibration temperature and the out-of-distribution density) comes from the
+checkpoint; arguments left None keep the checkpoint's settings. `python -m nucseg.predict` is a loop over
+`Predictor.predict_files` plus the writers of `nucseg.inference.writers`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ from nucseg.data.normalize import IntensityCheck, normalize_checked
 from nucseg.inference.prediction import Prediction
 from nucseg.inference.sliding_window import sliding_window_inference
 from nucseg.inference.tta import tta_mean
+from nucseg.metrics.calibration import image_temperature
 from nucseg.models.module import SegmentationModule, load_module
+from nucseg.uncertainty.ood import FeatureDensity, FeatureTap
+from nucseg.uncertainty.review import review_reason
 
 __all__ = ["Prediction", "Predictor", "resolve_device"]
 
@@ -64,7 +68,7 @@ class Predictor:
     def __init__(self, module: SegmentationModule, device: str | torch.device = "cpu", tile: int = 512,
                  overlap: float = 0.25, blend: str = "gaussian", tile_batch_size: int = 1,
                  tta: bool | str | Sequence[str] | None = False, postprocess: dict | None = None,
-                 uncertainty: dict | None = None):
+                 uncertainty: dict | None = None, ood_threshold: float | str | None = None):
         check_settings(device=str(device), tile=tile, overlap=overlap, blend=blend, tile_batch_size=tile_batch_size,
                        postprocess=postprocess, uncertainty=uncertainty)
         self.module = module.eval()
@@ -75,6 +79,8 @@ class Predictor:
         self.normalization = dict(hp.get("normalization") or {})
         self.postprocess = _merge(hp.get("postprocess"), postprocess)
         self.uncertainty, self.members = self._uncertainty_settings(uncertainty)
+        self.calibration = dict(hp.get("calibration") or {})
+        self.density, self.ood_threshold = _ood_settings(hp.get("ood"), ood_threshold)
         self.method = self.uncertainty["method"] if self.uncertainty else "none"
         self.tile, self.overlap, self.blend, self.tile_batch_size = tile, overlap, blend, tile_batch_size
         self.tta = None if tta in (False, None, "none", "false") else ("all" if tta is True else tta)
@@ -101,7 +107,8 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", tile: int | None = None,
                         overlap: float | None = None, tta: bool | str | Sequence[str] | None = None,
                         uncertainty: dict | None = None, postprocess: dict | None = None,
-                        blend: str | None = None, tile_batch_size: int | None = None) -> Predictor:
+                        blend: str | None = None, tile_batch_size: int | None = None,
+                        ood_threshold: float | str | None = None) -> Predictor:
         """Load a checkpoint written by `python -m nucseg.train` (weights only, strictly), or a bioimage.io
         package (.zip) written from one by `nucseg.export_model`.
 
@@ -109,16 +116,18 @@ class Predictor:
         absent or None keep the checkpoint's values. `device`: "cpu", "cuda", "cuda:1" or "auto". `tile`
         (pixels, a multiple of 32; default 512), `overlap` (fraction of a tile; 0.25), `blend` ("gaussian")
         and `tile_batch_size` (1) set the sliding window; `tta` ("flips", "all"; off by default) averages
-        flipped / rotated passes for models without an uncertainty method.
+        flipped / rotated passes for models without an uncertainty method. `ood_threshold`: the OOD score
+        above which an image is "unlike the training data" (None: the checkpoint's; "off": no OOD flag).
         """
         defaults = {"tile": 512, "overlap": 0.25, "blend": "gaussian", "tile_batch_size": 1, "tta": False}
         given = {"tile": tile, "overlap": overlap, "blend": blend, "tile_batch_size": tile_batch_size, "tta": tta}
         window = _merge(defaults, given)
         check_settings(ckpt_path=str(path), device=str(device), postprocess=postprocess, uncertainty=uncertainty,
+                       ood_threshold=ood_threshold,
                        **{k: v for k, v in window.items() if k != "tta"})
         return cls(_load_model(path), device=device, postprocess=postprocess, uncertainty=uncertainty,
                    tile=int(window["tile"]), overlap=float(window["overlap"]), blend=str(window["blend"]),
-                   tile_batch_size=int(window["tile_batch_size"]), tta=window["tta"])
+                   tile_batch_size=int(window["tile_batch_size"]), tta=window["tta"], ood_threshold=ood_threshold)
 
     def _uncertainty_settings(self, overrides: dict | None) -> tuple[dict | None, list]:
         """The checkpoint's uncertainty settings with the overrides; None for one deterministic pass
@@ -166,10 +175,14 @@ class Predictor:
                                         pad_multiple=int(self.module.pad_multiple),
                                         tile_batch_size=self.tile_batch_size, output_device="cpu")
 
-    @torch.no_grad()
     def probabilities(self, image: np.ndarray) -> tuple[Tensor, Tensor | None]:
         """A prepared (H, W, 3) uint8 image (see `prepare`) -> the (1, K, H, W) float32 probabilities on the
-        CPU, and the (T, 1, K, H, W) uncertainty samples (None without an uncertainty method)."""
+        CPU (uncalibrated: what the post-processing was tuned on), and the (T, 1, K, H, W) uncertainty samples
+        (None without an uncertainty method)."""
+        return self._probabilities(image)
+
+    @torch.no_grad()
+    def _probabilities(self, image: np.ndarray) -> tuple[Tensor, Tensor | None]:
         # a (1, 3, H, W) view of the (H, W, 3) array: tiles are copied out of it, the image is not
         x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].to(self.device)
         if self.method == "none":
@@ -220,22 +233,38 @@ class Predictor:
 
         raw = np.asarray(image)
         prepared, check = self.prepare_checked(raw)
-        probs, samples = self.probabilities(prepared)
+        if self.density is not None:  # the encoder features come with the prediction's own passes
+            with FeatureTap(self.module.net) as tap:
+                probs, samples = self._probabilities(prepared)
+            feats = tap.features()
+        else:
+            probs, samples, feats = *self._probabilities(prepared), None
         probs_np = probs[0].float().cpu().numpy()
         labels = probs_to_instances(probs_np, **self.postprocess)
         pred = Prediction(labels=labels, probs=probs_np, image=prepared,
                           nuclei=measure_instances(labels, _drop_alpha(raw)),
                           nonfinite_pixels=check.nonfinite_pixels, warning=check.warning)
+        low = False
         if samples is not None:
-            from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
+            from nucseg.uncertainty.scores import LEGACY_SCORE, image_scores, pixel_uncertainty
 
             maps = pixel_uncertainty(samples)
             pred.uncertainty = {k: _foreground_map(v) for k, v in maps.items() if k != "mean"}
-            pred.certainty = float(image_certainty(samples, float(self.module.threshold))[0])
+            score = str((self.uncertainty or {}).get("score", LEGACY_SCORE))
+            pred.certainty = float(image_scores(samples, float(self.module.threshold))[score][0])
             thr = self.review_threshold()
-            pred.needs_review = None if thr is None else pred.certainty < thr
+            if thr is not None:
+                low = pred.certainty < thr
+                pred.needs_review, pred.review_threshold = low, thr
+        if self.density is not None and feats is not None:
+            pred.ood_score = float(self.density.score(feats)[0])
+            pred.unlike_training = pred.ood_score > self.ood_threshold
+            pred.ood_threshold = float(self.ood_threshold)
+            pred.needs_review = bool(pred.needs_review) or pred.unlike_training
+        pred.temperature = image_temperature(self.calibration, pred.unlike_training)
         if pred.warning:  # a blank image is predicted with high "certainty": never let that pass unreviewed
             pred.needs_review = True
+        pred.review_reason = review_reason(low, bool(pred.unlike_training), pred.warning)
         return pred
 
     def predict_file(self, path: str | Path) -> Prediction:
@@ -268,6 +297,14 @@ def _load_model(path: str | Path) -> SegmentationModule:
     from nucseg.export.package import is_package, load_package_module
 
     return load_package_module(path) if is_package(path) else load_module(path)
+
+
+def _ood_settings(stored: dict | None, threshold: float | str | None) -> tuple[FeatureDensity | None, float]:
+    """The checkpoint's OOD density and threshold, the threshold overridden by `threshold` ("off": none)."""
+    if threshold == "off" or not (stored or {}).get("density"):
+        return None, math.inf
+    density = FeatureDensity.from_dict(stored["density"])  # type: ignore[index]
+    return density, float(threshold if threshold is not None else stored.get("threshold", math.inf))  # type: ignore[union-attr]
 
 
 def _foreground_map(t: Tensor) -> np.ndarray:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 RECORD_DIR = ".records"
 # config keys whose value changes an image's outputs (device and tile_batch_size only change the speed)
-SETTING_KEYS = ("tile", "overlap", "blend", "tta", "postprocess", "uncertainty", "overlay", "rle")
+SETTING_KEYS = ("tile", "overlap", "blend", "tta", "postprocess", "uncertainty", "ood_threshold", "overlay", "rle")
 
 
 def _stamp(path: str | Path) -> list[int]:

@@ -17,11 +17,11 @@ from nucseg.utils.tables import write_csv
 if TYPE_CHECKING:
     from nucseg.inference.prediction import Prediction
 
-__all__ = ["ERROR_COLUMNS", "NUCLEI_COLUMNS", "SUMMARY_COLUMNS", "label_dtype", "submission_rows", "write_tiff",
-           "write_image_outputs", "write_tables"]
+__all__ = ["ERROR_COLUMNS", "NUCLEI_COLUMNS", "SUMMARY_COLUMNS", "label_dtype", "review_title", "submission_rows",
+           "write_image_outputs", "write_review_figure", "write_tables", "write_tiff"]
 
-SUMMARY_COLUMNS = ("image", "file", "height", "width", "nucleus_count", "mean_area", "certainty", "needs_review",
-                   "nonfinite_pixels", "warning")
+SUMMARY_COLUMNS = ("image", "file", "height", "width", "nucleus_count", "mean_area", "certainty", "ood_score",
+                   "unlike_training", "needs_review", "review_reason", "nonfinite_pixels", "warning")
 NUCLEI_COLUMNS = ("image", *MEASURE_COLUMNS)
 ERROR_COLUMNS = ("file", "error")
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
@@ -40,19 +40,48 @@ def label_dtype(labels: np.ndarray) -> type:
     return np.uint16 if int(labels.max(initial=0)) <= np.iinfo(np.uint16).max else np.uint32
 
 
-def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: bool = True) -> list[str]:
-    """`<stem>_labels.tif`, `<stem>_prob.tif` (float32 nucleus probability), `<stem>_uncertainty.tif` (a
-    float32 stack, one page per map, when there are maps) and `<stem>_overlay.png`, each written atomically;
-    returns the names written."""
+def review_title(stem: str, pred: Prediction) -> str:
+    """"<stem>: NEEDS REVIEW (low certainty; unlike the training data)" and the numbers behind it."""
+    parts = [f"{stem}: NEEDS REVIEW ({pred.review_reason or 'flagged'})", f"{len(pred.nuclei)} nuclei"]
+    if pred.certainty is not None:
+        below = f" (review below {pred.review_threshold:.3f})" if pred.review_threshold is not None else ""
+        parts.append(f"certainty {pred.certainty:.3f}{below}")
+    if pred.ood_score is not None:
+        above = f" (unlike above {pred.ood_threshold:.2f})" if pred.ood_threshold is not None else ""
+        parts.append(f"unlike-training score {pred.ood_score:.2f}{above}")
+    return ",  ".join(parts)
+
+
+def write_review_figure(path: Path, stem: str, pred: Prediction, outlines: np.ndarray) -> None:
+    """`<stem>_review.png`: image, outlines and uncertainty of an image flagged for review, with the reason."""
+    from nucseg.data.io import atomic_write_bytes
+    from nucseg.viz.plots import figure_png, review_panel
+
+    fig = review_panel(pred.image, outlines, pred.uncertainty.get("entropy"), review_title(stem, pred))
+    atomic_write_bytes(path, figure_png(fig))
+
+
+def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: bool = True,
+                        review_figure: bool = True) -> list[str]:
+    """`<stem>_labels.tif`, `<stem>_prob.tif` (float32 nucleus probability, calibrated), `<stem>_uncertainty.tif`
+    (a float32 stack, one page per map, when there are maps), `<stem>_overlay.png` and, for an image flagged
+    for review, `<stem>_review.png` (`write_review_figure`), each written atomically; returns the names
+    written."""
     from nucseg.viz.overlays import outline_overlay, save_png
 
+    review = review_figure and bool(pred.needs_review)
+
     def draw() -> None:  # fast zlib: the overlay is for looking at; level 6 took as long as the watershed
-        save_png(out_dir / f"{stem}_overlay.png", outline_overlay(pred.image, pred.labels), compress_level=1)
+        outlines = outline_overlay(pred.image, pred.labels)
+        if overlay:
+            save_png(out_dir / f"{stem}_overlay.png", outlines, compress_level=1)
+        if review:
+            write_review_figure(out_dir / f"{stem}_review.png", stem, pred, outlines)
 
     # the overlay (outlines + PNG encoding, the slowest file) is drawn on its own thread while the TIFFs are
     # written: zlib and file writes release the GIL
     with ThreadPoolExecutor(max_workers=1) as pool:
-        drawn = pool.submit(draw) if overlay else None
+        drawn = pool.submit(draw) if overlay or review else None
         dtype = label_dtype(pred.labels)
         # ImageJ hyperstacks hold 8/16-bit and float32; uint32 labels are written as a plain TIFF
         write_tiff(out_dir / f"{stem}_labels.tif", pred.labels.astype(dtype), imagej=dtype == np.uint16)
@@ -65,7 +94,7 @@ def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: boo
         if drawn is not None:
             drawn.result()
     written = ["_labels.tif", "_prob.tif", *(["_uncertainty.tif"] if pred.uncertainty else []),
-               *(["_overlay.png"] if overlay else [])]
+               *(["_overlay.png"] if overlay else []), *(["_review.png"] if review else [])]
     return [f"{stem}{suffix}" for suffix in written]
 
 

@@ -9,9 +9,13 @@ The metric keeps only per-bin sums, so a test split of millions of pixels costs 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+__all__ = ["CalibrationError", "apply_temperature", "bin_index", "expected_calibration_error", "fit_temperature",
+           "image_temperature", "reliability_bins"]
 
 
 def bin_index(probs: Tensor, n_bins: int) -> Tensor:
@@ -82,3 +86,46 @@ class CalibrationError(Metric):
             return torch.tensor(float("nan"))
         gap = (self.prob_sum - self.pos_sum).abs()  # = n_b * |confidence_b - frequency_b|
         return (gap.sum() / total).float()
+
+
+# --------------------------------------------------------------------------- temperature scaling
+def apply_temperature(probs: Tensor, temperature: float, eps: float = 1e-6) -> Tensor:
+    """sigmoid(logit(p) / T): T > 1 softens over-confident probabilities, T < 1 sharpens; 0.5 stays 0.5, so
+    every mask thresholded at 0.5 is unchanged. T = 1 returns `probs` itself."""
+    if float(temperature) == 1.0:
+        return probs
+    p = probs.float().clamp(eps, 1 - eps)
+    return torch.sigmoid(torch.logit(p) / float(temperature))
+
+
+def fit_temperature(probs: Tensor, target: Tensor, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature T minimising the binary cross-entropy of `apply_temperature(probs, T)` against `target`
+    (any equal shapes; e.g. validation pixels of the mean MC probability), searched on log T within
+    `bounds`. Guo et al. 2017, for one foreground probability."""
+    from scipy.optimize import minimize_scalar
+
+    if probs.shape != target.shape:
+        raise ValueError(f"temperature: probs {tuple(probs.shape)} and target {tuple(target.shape)} differ")
+    if probs.numel() == 0:
+        raise ValueError("temperature: no pixels to fit on")
+    eps = 1e-6
+    logit = torch.logit(probs.detach().flatten().double().clamp(eps, 1 - eps))
+    t = (target.detach().flatten() > 0.5).double()
+
+    def nll(log_t: float) -> float:
+        z = logit / float(np.exp(log_t))
+        # BCE with logits, stable: max(z, 0) - z * t + log(1 + exp(-|z|))
+        return float((z.clamp_min(0) - z * t + torch.log1p(torch.exp(-z.abs()))).mean())
+
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def image_temperature(calibration: dict | None, unlike_training: bool | None) -> float:
+    """The temperature for one image from a checkpoint's `calibration` settings: `temperature_unlike` (fitted on
+    perturbed validation copies) for an image unlike the training data, else `temperature` (fitted on the
+    validation images); 1 without calibration. A checkpoint without `temperature_unlike` uses `temperature`."""
+    cal = calibration or {}
+    t = float(cal.get("temperature", 1.0))
+    return float(cal.get("temperature_unlike", t)) if unlike_training else t

@@ -48,11 +48,15 @@ class SegmentationModule(L.LightningModule):
         uncertainty: dict[str, Any] | None = None,
         channels_last: bool = False,
         train_precision: str = "32",
+        calibration: dict[str, Any] | None = None,
+        ood: dict[str, Any] | None = None,
     ):
         """`net` and `loss` are configs (dicts with `_target_`), stored in the checkpoint; `optimizer` and
         `scheduler` are partials that receive the parameters / the optimizer. `channels_last`: NHWC weights
         (oneDNN then runs the convolutions NHWC: 1.3x faster training steps on a 2-core CPU, same maths).
-        `train_precision`: 32, bf16 (autocast in training steps only) or auto (`nucseg.utils.train_precision`)."""
+        `train_precision`: 32, bf16 (autocast in training steps only) or auto (`nucseg.utils.train_precision`).
+        `calibration` ({temperature}) and `ood` ({density, threshold}) are fitted at test start
+        (`nucseg.callbacks.uncertainty`) and stored here, so prediction reads them from the checkpoint."""
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net: nn.Module = hydra.utils.instantiate(net)

@@ -63,10 +63,10 @@ def deterministic_probs(pl_module: L.LightningModule, batch: dict, outputs: Any 
 
 
 def image_rows(samples: Tensor, batch: dict, det_probs: Tensor | None, threshold: float,
-               heatmap: str = "entropy") -> list[dict[str, Any]]:
-    """One row per image of `batch` from its (T,B,K,H,W) `samples`: id, certainty (Dice agreement), the
-    alternative scores (`score_*`), mean uncertainty maps (`mean_*`), the Dice of the mean prediction
-    (`dice_mc`) and of the deterministic one (`dice_det`; NaN when unlabelled or not given). `_maps` holds
+               heatmap: str = "entropy", score: str = "dice_agreement") -> list[dict[str, Any]]:
+    """One row per image of `batch` from its (T,B,K,H,W) `samples`: id, certainty (the `score` of
+    `image_scores`), every candidate score (`score_*`), mean uncertainty maps (`mean_*`), the Dice of the mean
+    prediction (`dice_mc`) and of the deterministic one (`dice_det`; NaN when unlabelled or not given). `_maps` holds
     (mean probability, `heatmap` map, binary truth or None) for calibration and figures."""
     maps = pixel_uncertainty(samples)
     scores = image_scores(samples, threshold)
@@ -75,8 +75,8 @@ def image_rows(samples: Tensor, batch: dict, det_probs: Tensor | None, threshold
         labelled = bool(batch["labelled"][i]) if "labelled" in batch else True
         true = batch["target"][i, 0].to(samples.device) > 0.5 if labelled else None
         mean = maps["mean"][i]
-        row: dict[str, Any] = {"id": str(batch["id"][i]), "certainty": float(scores["dice_agreement"][i])}
-        row.update({f"score_{k}": float(v[i]) for k, v in scores.items() if k != "dice_agreement"})
+        row: dict[str, Any] = {"id": str(batch["id"][i]), "certainty": float(scores[score][i])}
+        row.update({f"score_{k}": float(v[i]) for k, v in scores.items()})
         row.update({f"mean_{k}": float(maps[k][i].mean()) for k in HEATMAPS})
         row["dice_mc"] = float(dice_score(mean > threshold, true)) if true is not None else math.nan
         row["dice_det"] = (float(dice_score(det_probs[i, 0].to(true.device) > threshold, true))

@@ -20,7 +20,8 @@ import numpy as np
 
 from nucseg.uncertainty.scores import budget_threshold, failure_auroc, spearman, youden_threshold
 
-__all__ = ["ReviewThreshold", "choose_review_threshold", "uncertainty_metrics"]
+__all__ = ["LOW_CERTAINTY", "UNLIKE_TRAINING", "ReviewThreshold", "choose_review_threshold", "ood_threshold",
+           "review_reason", "uncertainty_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +81,26 @@ def uncertainty_metrics(rows: Sequence[dict[str, Any]], failure_dice: float, rev
     for key in [k for k in rows[0] if k.startswith("score_")]:
         metrics[f"test/certainty_spearman_{key[6:]}"] = spearman([r[key] for r in labelled], dice)
     return metrics
+
+
+LOW_CERTAINTY = "low certainty"
+UNLIKE_TRAINING = "unlike the training data"
+
+
+def review_reason(low_certainty: bool, unlike_training: bool, warning: str | None = None) -> str:
+    """Why an image is flagged for review, in words for the biologist ('' when it is not flagged)."""
+    parts = [p for p, on in ((LOW_CERTAINTY, low_certainty), (UNLIKE_TRAINING, unlike_training)) if on]
+    if warning:
+        parts.append(warning)
+    return "; ".join(parts)
+
+
+def ood_threshold(val_scores: Sequence[float] | np.ndarray, quantile: float) -> float:
+    """The OOD score above which an image is "unlike the training data": the `quantile` of the validation
+    images' scores (held-out acquisitions of the imaging types trained on: new but not unlike)."""
+    s = np.asarray(val_scores, dtype=np.float64)
+    if s.size == 0:
+        raise ValueError("ood: no validation images to set the threshold on")
+    if not 0.0 < float(quantile) <= 1.0:
+        raise ValueError(f"callbacks.uncertainty.ood.quantile: expected a fraction in (0, 1], got {quantile!r}")
+    return float(np.quantile(s, float(quantile)))

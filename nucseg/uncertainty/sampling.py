@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from nucseg.inference.tta import get_ops
 from nucseg.models.mc_dropout import has_mc_dropout, mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
+from nucseg.uncertainty.scores import LEGACY_SCORE, SCORES
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,10 @@ def resolve_settings(cfg: dict[str, Any] | None, net: nn.Module) -> dict[str, An
                          "or add a model.mc_dropout block ({rate: 0.2, where: decoder}), or choose "
                          "uncertainty.method=tta|ensemble")
     settings = {**method_defaults(method), **dict(cfg or {})}
+    if "score" not in dict(cfg or {}):  # stored before the key existed: its review threshold is on that scale
+        settings["score"] = LEGACY_SCORE
+    if settings["score"] not in SCORES:
+        raise ValueError(f"uncertainty.score: expected one of {', '.join(SCORES)}, got {settings['score']!r}")
     rt = settings.get("review_threshold")
     if not (rt == "auto" or isinstance(rt, int | float)):
         raise ValueError(f"uncertainty.review_threshold: expected 'auto' or a number in [0, 1], got {rt!r}")

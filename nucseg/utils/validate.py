@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nucseg.uncertainty.scores import SCORES
 from nucseg.utils.errors import ConfigError
 
 __all__ = ["RULES", "Rule", "check_config", "violations"]
@@ -115,6 +116,10 @@ RULES: dict[str, Rule] = {
     "uncertainty.samples": Rule(integer(1), "an integer >= 1"),
     "uncertainty.batch_size": Rule(integer(1), "an integer >= 1"),
     "uncertainty.review_threshold": Rule(either(number(0, 1), one_of("auto")), f"{UNIT}, or auto"),
+    "uncertainty.score": Rule(one_of(*SCORES), ", ".join(SCORES)),
+    "ood_threshold": Rule(either(number(0, math.inf, lo_open=True), one_of("off")),
+                          "a positive OOD score above which an image is flagged, or off",
+                          frozenset({"predict", "predictor"})),
     "module.threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
     "module.train_precision": Rule(lambda v: str(v) in ("32", "bf16", "auto"), "32, bf16 or auto"),
     "module.channels_last": Rule(one_of(True, False), "true or false"),

@@ -80,19 +80,37 @@ def uncertainty_panel(image: np.ndarray, target: np.ndarray | None, pred: np.nda
         panels.append(("ground truth", mask_overlay(img, target, (0, 255, 0))))
     panels += [("prediction", mask_overlay(img, pred, (255, 0, 255))),
                (f"{map_name} (red = most uncertain)", overlay_heatmap(img, values, vmax))]
-    h, w = img.shape[:2]
-    scale = 3.2 / max(h, w)
-    fig = Figure(figsize=(len(panels) * w * scale + 0.8, h * scale + 0.6))
-    axes = fig.subplots(1, len(panels))
-    for ax, (name, arr) in zip(np.atleast_1d(axes), panels, strict=True):
-        ax.imshow(arr)
-        ax.set_title(name, fontsize=8)
-        ax.axis("off")
-    mappable = fig.colorbar(_scalar_mappable(vmax), ax=list(np.atleast_1d(axes)), fraction=0.02, pad=0.01)
+    fig, axes = _panel_row(panels, 0.8, 0.6)
+    mappable = fig.colorbar(_scalar_mappable(vmax), ax=axes, fraction=0.02, pad=0.01)
     mappable.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def review_panel(image: np.ndarray, outlines: np.ndarray, entropy: np.ndarray | None, title: str) -> Figure:
+    """For an image flagged for review: image | nucleus outlines | entropy heatmap (when the model has
+    uncertainty), titled with the reason in words."""
+    img = as_uint8_rgb(image)
+    panels = [("image", img), ("nuclei found", as_uint8_rgb(outlines))]
+    if entropy is not None:
+        panels.append(("uncertainty (red = most uncertain)", overlay_heatmap(img, entropy, MAP_RANGE["entropy"])))
+    fig, _ = _panel_row(panels, 0.4, 0.9)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _panel_row(panels: list[tuple[str, np.ndarray]], extra_w: float, extra_h: float) -> tuple[Figure, list]:
+    """A figure of titled image panels side by side, each about 3.2 inches on its long side."""
+    h, w = panels[0][1].shape[:2]
+    scale = 3.2 / max(h, w)
+    fig = Figure(figsize=(len(panels) * w * scale + extra_w, h * scale + extra_h))
+    axes = list(np.atleast_1d(fig.subplots(1, len(panels))))
+    for ax, (name, arr) in zip(axes, panels, strict=True):
+        ax.imshow(arr)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    return fig, axes
 
 
 def row_panel(image: Any, pred: Any, heat: Any, true: Any, map_name: str, row: dict) -> Figure:

@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 from nucseg.data.dsb2018 import DSB2018Source
-from nucseg.evaluate import evaluate, headline, merge_rows
+from nucseg.evaluate import evaluate, headline
 from nucseg.instances.watershed import probs_to_instances
 from nucseg.metrics.dsb_score import instance_scores
 from nucseg.metrics.pixel import dice_score
 from nucseg.models.module import load_module
+from nucseg.utils.tables import merge_rows
 from nucseg.viz.overlays import (
     FN_COLOR,
     FP_COLOR,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +109,7 @@ def test_arguments_override_the_checkpoint_settings(ckpt, image_files, predictor
                                                                  "review_threshold": 0.99})
     u = unsure.predict(image)
     assert set(u.uncertainty) == {"entropy", "mutual_info", "variance"}
-    assert 0.0 <= u.certainty <= 1.0 and u.needs_review == (u.certainty < 0.99)
+    assert 0.0 <= u.certainty <= 1.0 and u.needs_review == (u.certainty < 0.99) and u.review_threshold == 0.99
 
 
 def test_predict_files_reports_a_bad_file_and_goes_on(predictor, image_files, tmp_path):
@@ -239,3 +240,62 @@ def test_import_nucseg_is_light_and_exports_the_api():
     proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_checkpoints_ood_density_and_temperature_flag_and_calibrate(ckpt, image_files, dsb_root, tmp_path):
+    from nucseg.metrics.calibration import apply_temperature
+    from nucseg.uncertainty.ood import FeatureDensity, encoder_features
+
+    base = nucseg.Predictor.from_checkpoint(ckpt)
+    others = sorted(p.name for p in dsb_root.iterdir() if p.is_dir())[2:8]
+
+    def features(path: Path) -> torch.Tensor:
+        prepared = base.prepare(np.asarray(Image.open(path)))
+        return encoder_features(base.module.net, torch.from_numpy(prepared).permute(2, 0, 1)[None].float() / 255)
+
+    density = FeatureDensity.fit(torch.cat([features(dsb_root / i / "images" / f"{i}.png") for i in others]), 3, 2)
+    scores = density.score(torch.cat([features(p) for p in image_files]))
+    threshold = float(scores.mean())  # one image of the two above, one below
+    assert scores.min() < threshold < scores.max()
+
+    def edit(c: dict) -> None:
+        c["hyper_parameters"]["ood"] = {"density": density.to_dict(), "threshold": threshold}
+        c["hyper_parameters"]["calibration"] = {"temperature": 2.0, "temperature_unlike": 3.0}
+
+    trusted = rewrite_checkpoint(ckpt, tmp_path / "trusted.ckpt", edit)
+    p = nucseg.Predictor.from_checkpoint(trusted)
+    results = [p.predict(np.asarray(Image.open(f))) for f in image_files]
+    for r, s in zip(results, scores, strict=True):
+        # the features read off the prediction's own pass are those the density was fitted on
+        assert r.ood_score == pytest.approx(float(s), rel=1e-4)
+        assert r.unlike_training == (s > threshold) == r.needs_review  # no uncertainty method: OOD alone flags
+        assert r.review_reason == ("unlike the training data" if s > threshold else "")
+        assert r.ood_threshold == pytest.approx(threshold) and r.review_threshold is None
+    # the temperature calibrates the probability written out (an image unlike the training data gets the
+    # perturbed copies' temperature); masks come from the uncalibrated probabilities
+    for r, f in zip(results, image_files, strict=True):
+        plain = base.predict(np.asarray(Image.open(f)))
+        assert np.array_equal(r.labels, plain.labels) and np.array_equal(r.probs, plain.probs)
+        assert r.temperature == (3.0 if r.unlike_training else 2.0)
+        expected = apply_temperature(torch.from_numpy(plain.probs[0]), r.temperature).numpy()
+        assert np.allclose(r.probability, expected, atol=1e-6)
+        assert not np.allclose(r.probability, plain.probability, atol=1e-3)
+
+    off = nucseg.Predictor.from_checkpoint(trusted, ood_threshold="off").predict(np.asarray(Image.open(image_files[0])))
+    assert off.ood_score is None and off.needs_review is None
+    with pytest.raises(ConfigError, match="ood_threshold"):
+        nucseg.Predictor.from_checkpoint(trusted, ood_threshold=-1)
+
+    # the CLI: the reason in summary.csv, and a review figure for the flagged image only
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for f in image_files:
+        shutil.copy(f, inputs / f.name)
+    proc = run_predict_cli(f"ckpt_path={trusted}", f"input={inputs}", f"output={out}", "device=cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["image"]: r for r in read_csv(out / "summary.csv")}
+    for f, s in zip(image_files, scores, strict=True):
+        row = rows[f.stem]
+        assert float(row["ood_score"]) == pytest.approx(float(s), rel=1e-4)
+        assert row["needs_review"] == str(bool(s > threshold)) and row["unlike_training"] == str(bool(s > threshold))
+        assert (out / f"{f.stem}_review.png").is_file() == bool(s > threshold)

@@ -71,3 +71,43 @@ def test_reliability_diagram_renders_png():
     target = torch.tensor([0, 1, 1, 1, 0])
     png = figure_png(reliability_diagram(reliability_bins(probs, target, 10), 0.33))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+# --------------------------------------------------------------------------- temperature scaling
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels():
+    from nucseg.metrics.calibration import apply_temperature, expected_calibration_error, fit_temperature
+
+    gen = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(200_000, generator=gen)
+    probs = torch.sigmoid(logits)  # over-confident: the labels follow logits / 2.5
+    target = (torch.rand(logits.shape, generator=gen) < torch.sigmoid(logits / 2.5)).float()
+    t = fit_temperature(probs, target)
+    assert t == pytest.approx(2.5, rel=0.05)
+    before = float(expected_calibration_error(probs, target))
+    after = float(expected_calibration_error(apply_temperature(probs, t), target))
+    assert after < before / 4
+    # already calibrated: T stays near 1
+    calibrated = torch.sigmoid(logits / 2.5)
+    assert fit_temperature(calibrated, target) == pytest.approx(1.0, abs=0.05)
+
+
+def test_apply_temperature_keeps_one_half_and_the_order():
+    from nucseg.metrics.calibration import apply_temperature, fit_temperature
+
+    p = torch.tensor([0.01, 0.2, 0.5, 0.8, 0.99])
+    soft = apply_temperature(p, 3.0)
+    assert soft[2] == pytest.approx(0.5) and torch.all(soft[1:] > soft[:-1])
+    assert soft[0] > p[0] and soft[-1] < p[-1]
+    assert apply_temperature(p, 1.0) is p
+    with pytest.raises(ValueError, match="differ"):
+        fit_temperature(p, p[:2])
+
+
+def test_image_temperature_picks_the_unlike_training_temperature_only_for_such_images():
+    from nucseg.metrics.calibration import image_temperature
+
+    cal = {"temperature": 1.2, "temperature_unlike": 2.5}
+    assert image_temperature(cal, False) == 1.2 and image_temperature(cal, None) == 1.2
+    assert image_temperature(cal, True) == 2.5
+    assert image_temperature({"temperature": 1.4}, True) == 1.4  # an older checkpoint: one temperature
+    assert image_temperature(None, True) == 1.0 and image_temperature({}, False) == 1.0

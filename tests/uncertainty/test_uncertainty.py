@@ -16,7 +16,8 @@ from nucseg.models.factory import build_model
 from nucseg.models.mc_dropout import has_mc_dropout
 from nucseg.models.module import load_module
 from nucseg.models.padding import pad_to_multiple
-from nucseg.uncertainty.review import choose_review_threshold
+from nucseg.uncertainty.ood import FeatureDensity
+from nucseg.uncertainty.review import choose_review_threshold, review_reason
 from nucseg.uncertainty.sampling import (
     encoder_once_passes,
     encoder_once_supported,
@@ -26,6 +27,7 @@ from nucseg.uncertainty.sampling import (
     sample_probs,
 )
 from nucseg.uncertainty.scores import (
+    SCORES,
     budget_threshold,
     failure_auroc,
     image_certainty,
@@ -232,6 +234,15 @@ def test_configuration_errors_name_the_keys():
         resolve_settings({"method": "tta", "review_threshold": "often"}, plain)
     assert resolve_settings({"method": "none"}, plain) is None
     assert resolve_settings(None, _mc_net())["method"] == "mc_dropout"  # MC dropout is evaluated by default
+    with pytest.raises(ValueError, match="uncertainty.score"):
+        resolve_settings({"method": "tta", "score": "vibes"}, plain)
+
+
+def test_a_checkpoint_without_a_score_keeps_the_score_its_review_threshold_was_chosen_on():
+    plain = build_model("unet", "resnet18", encoder_depth=3)
+    # written before uncertainty.score existed: its threshold is a Dice agreement, whatever the default now
+    assert resolve_settings({"method": "tta", "review_threshold": 0.9}, plain)["score"] == "dice_agreement"
+    assert resolve_settings({"method": "tta", "score": "fg_entropy"}, plain)["score"] == "fg_entropy"
 
 
 def test_bayes_unet_config_selects_mc_dropout(make_cfg):
@@ -335,14 +346,38 @@ def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tm
     if not math.isnan(auroc):
         assert metrics["test/failure_auroc"] == pytest.approx(auroc, abs=1e-6)
     threshold = metrics["val/review_threshold"]
-    assert [r["needs_review"] == "True" for r in rows] == [c < threshold for c in cert]
+    unlike = [r["unlike_training"] == "True" for r in rows]
+    assert [r["needs_review"] == "True" for r in rows] == [c < threshold or u for c, u in zip(cert, unlike,
+                                                                                              strict=True)]
+    trust = json.loads((out / "trust.json").read_text())
+    assert unlike == [float(r["ood_score"]) > trust["ood_threshold"] for r in rows]
+    assert [r["review_reason"] for r in rows] == [review_reason(c < threshold, u) for c, u in zip(cert, unlike,
+                                                                                                  strict=True)]
+    cal = trust["calibration"]
+    assert metrics["val/temperature"] == pytest.approx(cal["temperature"]) and cal["temperature"] != 1.0
+    assert 0.0 <= metrics["test/ece_calibrated"] <= 1.0 and metrics["test/ece_calibrated_val"] != metrics["test/ece"]
+    # shift calibration: images unlike the training data get the temperature of the perturbed copies
+    assert cal["temperature_unlike"] != pytest.approx(cal["temperature"], abs=1e-3)
+    assert metrics["val/temperature_unlike"] == pytest.approx(cal["temperature_unlike"])
+    assert "val/temperature_pooled" in metrics and "test/ece_calibrated_pooled" in metrics
+    if any(unlike):
+        assert metrics["test/ece_calibrated"] != metrics["test/ece_calibrated_val"]
+    else:
+        assert metrics["test/ece_calibrated"] == metrics["test/ece_calibrated_val"]
+    # the run's per_image.csv joins the uncertainty rows (every candidate score) on the image id
+    per_image = {r["id"]: r for r in csv.DictReader((tmp_path / "per_image.csv").open())}
+    assert set(per_image) == {r["id"] for r in rows}
+    assert all(f"score_{s}" in next(iter(per_image.values())) for s in SCORES)
 
     # the run's own figures carry the certainty of each image and its heatmap
     fig_rows = {r["id"]: r for r in csv.DictReader((tmp_path / "figures" / "per_image.csv").open())}
     assert {r["id"]: pytest.approx(float(r["certainty"]), abs=1e-6) for r in rows} == \
         {k: float(v["certainty"]) for k, v in fig_rows.items()}
     assert (tmp_path / "figures" / "certainty_vs_dice.png").is_file()
-    assert json.loads((out / "review_threshold.json").read_text())["review_threshold"] == pytest.approx(threshold)
+    chosen = json.loads((out / "review_threshold.json").read_text())
+    assert chosen["review_threshold"] == pytest.approx(threshold)
+    assert chosen["score"] == "fg_entropy"  # the default the trust protocol's table chose
+    assert [float(r["certainty"]) for r in rows] == pytest.approx([float(r["score_fg_entropy"]) for r in rows])
     assert (out / "reliability.png").stat().st_size > 5000
     assert len(list((out / "heatmaps").glob("*.png"))) == 2
     assert (tmp_path / "progress" / "progress_grid.png").is_file()
@@ -357,6 +392,11 @@ def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tm
     # the tested checkpoint now carries the review threshold chosen on the validation split
     module = load_module(metrics["best_model_path"])
     assert module.hparams.uncertainty["review_threshold"] == pytest.approx(threshold)
+    # ... and the temperature and the OOD density fitted with the tested weights
+    assert module.hparams.calibration == pytest.approx(cal)
+    assert module.hparams.ood["threshold"] == pytest.approx(trust["ood_threshold"])
+    density = FeatureDensity.from_dict(module.hparams.ood["density"])
+    assert density.mean.size == 3 + 64 + 64 + 128  # resnet18 at depth 3, the input stage included
     assert has_mc_dropout(module.net)
 
     # W&B offline run: the heatmap, reliability and progress images were logged

@@ -1,0 +1,59 @@
+"""experiments/trust_protocol.py: the figures of one run, on a synthetic per-image table."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "trust_protocol.py"
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("trust_protocol", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_budget_split_flags_the_least_certain_share(protocol):
+    score = np.array([0.9, 0.1, 0.5, 0.7])
+    dice = np.array([0.95, 0.2, 0.6, 0.8])
+    kept, flagged = protocol.budget_split(score, dice, 0.25)  # ceil(1) = the 0.1 image
+    assert flagged == pytest.approx(0.2) and kept == pytest.approx((0.95 + 0.6 + 0.8) / 3)
+    kept, flagged = protocol.budget_split(score, dice, 0.5)
+    assert flagged == pytest.approx(0.4) and kept == pytest.approx(0.875)
+
+
+def _row(i: int, dice: float, ood: float, certainty: float, review: bool) -> dict[str, str]:
+    row = {"id": f"img{i}", "dice": str(dice), "dice_mc": str(dice), "dsb_score": str(dice - 0.3),
+           "ood_score": str(ood), "needs_review": str(review), "unlike_training": str(ood > 2)}
+    row.update({f"score_{name}": str(certainty) for name in protocol_scores()})
+    return row
+
+
+def protocol_scores() -> tuple[str, ...]:
+    return ("dice_agreement", "entropy", "fg_entropy", "fg_mutual_info")
+
+
+def test_run_figures_ood_auroc_budget_and_review_recall(protocol):
+    # images 0-3 of the unseen type (OOD 3-6, predicted confidently and wrongly), 4-9 seen (OOD 0.5-1)
+    rows = [_row(i, 0.1, 3.0 + i, 0.95, True) for i in range(4)]
+    rows += [_row(i, 0.9 - 0.01 * i, 0.5 + 0.1 * i, 0.5 + 0.04 * i, i == 4) for i in range(4, 10)]
+    types = {f"img{i}": "stained" if i < 4 else "fluorescence" for i in range(10)}
+    metrics = {"test/ece": 0.1, "test/ece_calibrated": 0.08, "test/ece_calibrated_val": 0.09}
+    f = protocol.run_figures(rows, metrics, types, "stained")
+    assert f["ood/auroc_unseen_type"] == 1.0
+    assert f["ood/auroc_dice08"] == 1.0
+    assert f["dice_agreement/auroc_dice08"] == 0.0  # confident on every failure: the case OOD must catch
+    assert f["unseen/unlike_fraction"] == 1.0 and f["seen/unlike_fraction"] == 0.0
+    assert f["review/recall_dice08"] == 1.0
+    assert f["review/flagged_dice"] == pytest.approx((4 * 0.1 + 0.86) / 5)
+    assert f["ece"] == 0.1 and f["ece_calibrated"] == 0.08 and f["ece_calibrated_val"] == 0.09
+    assert math.isnan(f["temperature"])
+    assert f["n_images"] == 10 and f["failures_dice08"] == 4
