@@ -129,6 +129,20 @@ def run_figures(rows: list[dict[str, str]], metrics: dict, types: dict[str, str]
     return out
 
 
+def val_figures(rows: list[dict[str, str]]) -> dict[str, float]:
+    """Each score's Spearman with Dice and failure AUROC (Dice < 0.8) on a run's validation images (the
+    review-threshold pass, `uncertainty/val_images.csv`): where the default score is chosen."""
+    from nucseg.uncertainty.scores import failure_auroc, spearman
+
+    dice = np.array([_float(r.get("dice_mc")) for r in rows])
+    out: dict[str, float] = {"val/n_images": float(dice.size), "val/failures_dice08": float((dice < 0.8).sum())}
+    for name in SCORES:
+        score = np.array([_float(r.get(f"score_{name}")) for r in rows])
+        out[f"val/{name}/spearman_dice"] = spearman(score, dice)
+        out[f"val/{name}/auroc_dice08"] = failure_auroc(score, dice, 0.8)
+    return out
+
+
 def write_table(runs: Path, out: Path) -> None:
     from nucseg.data.io import atomic_write_text
 
@@ -138,7 +152,12 @@ def write_table(runs: Path, out: Path) -> None:
         arm = run.name.rsplit("_seed", 1)[0]
         rows = list(csv.DictReader((run / "per_image.csv").open()))
         metrics = json.loads((run / "metrics.json").read_text())
-        per_run.setdefault(arm, {})[run.name] = run_figures(rows, metrics, types, None if arm == "grouped" else arm)
+        figures = run_figures(rows, metrics, types, None if arm == "grouped" else arm)
+        for val_csv in (run / "uncertainty" / "val_images.csv", run / "val_images.csv"):
+            if val_csv.is_file():
+                figures.update(val_figures(list(csv.DictReader(val_csv.open()))))
+                break
+        per_run.setdefault(arm, {})[run.name] = figures
     summary: dict[str, dict[str, list[float]]] = {}
     for arm, by_run in per_run.items():
         keys = sorted({k for f in by_run.values() for k in f})
@@ -148,13 +167,15 @@ def write_table(runs: Path, out: Path) -> None:
             ok = vals[np.isfinite(vals)]
             summary[arm][k] = [float(ok.mean()) if ok.size else math.nan,
                                float(ok.std(ddof=1)) if ok.size > 1 else math.nan, int(ok.size)]
+            if k.startswith("val/") and k.endswith("/spearman_dice"):
+                summary[arm][f"{k}/runs"] = [float(v) for v in ok]
     out.mkdir(parents=True, exist_ok=True)
     if out.resolve() != runs.resolve().parent:  # keep each run's small records: `table OUT/runs` redoes the table
         for arm_runs in per_run.values():
             for name in arm_runs:
                 dest = out / "runs" / name
                 dest.mkdir(parents=True, exist_ok=True)
-                for rel in ("per_image.csv", "metrics.json", "uncertainty/trust.json"):
+                for rel in ("per_image.csv", "metrics.json", "uncertainty/trust.json", "uncertainty/val_images.csv"):
                     if (runs / name / rel).is_file():
                         atomic_write_text(dest / Path(rel).name, (runs / name / rel).read_text())
     atomic_write_text(out / "table.json", json.dumps({"runs": per_run, "mean_sd_n": summary}, indent=1) + "\n")
@@ -180,6 +201,16 @@ def markdown(summary: dict) -> str:
              "| arm | test images | Dice | DSB | failures Dice<0.8 | failures DSB<0.3 |", "|---|---|---|---|---|---|"]
     lines += [f"| {a} | {_ms(summary, a, 'n_images', 0)} | {_ms(summary, a, 'dice')} | {_ms(summary, a, 'dsb_score')} "
               f"| {_ms(summary, a, 'failures_dice08', 1)} | {_ms(summary, a, 'failures_dsb03', 1)} |" for a in arms]
+    lines += ["", "On the validation images (where the default score is chosen; the review-threshold pass, "
+              f"{_ms(summary, arms[0], 'val/n_images', 0)} per run, "
+              f"{_ms(summary, arms[0], 'val/failures_dice08', 1)} with Dice < 0.8 in the {arms[0]} arm): "
+              "Spearman of each score with Dice, mean ± sd over seeds", "",
+              "| score | " + " | ".join(arms) + " | all runs |", "|---|" + "---|" * (len(arms) + 1)]
+    for name in SCORES:
+        pooled = [v for a in arms for v in summary[a].get(f"val/{name}/spearman_dice/runs", [])]
+        all_runs = f"{np.mean(pooled):.3f} ± {np.std(pooled, ddof=1):.3f}" if len(pooled) > 1 else "—"
+        lines.append(f"| {name} | " + " | ".join(_ms(summary, a, f"val/{name}/spearman_dice") for a in arms)
+                     + f" | {all_runs} |")
     cols = [("spearman_dice", "Spearman Dice"), ("spearman_dsb", "Spearman DSB"), ("auroc_dice08", "AUROC Dice<0.8"),
             ("auroc_dsb03", "AUROC DSB<0.3"), ("kept_dice_10", "kept / flagged Dice @10 %"),
             ("kept_dice_25", "kept / flagged Dice @25 %")]

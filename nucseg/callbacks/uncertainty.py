@@ -73,7 +73,7 @@ from nucseg.uncertainty.review import (
 from nucseg.utils.checkpoint import update_checkpoint_hparams
 from nucseg.utils.distributed import gather_rows, sum_states
 from nucseg.utils.files import safe_filename
-from nucseg.utils.loops import validation_batches
+from nucseg.utils.loops import has_validation, validation_batches
 from nucseg.utils.run import wandb_experiments
 from nucseg.utils.tables import write_csv
 
@@ -247,6 +247,10 @@ class UncertaintyEvaluation(L.Callback):
         # fitted once, with the weights being tested (nucseg.train); a checkpoint that holds them keeps them
         fit_t = self.calibrate and "temperature" not in (pl_module.hparams.get("calibration") or {})
         fit_ood = bool(self.ood_cfg) and self.density is None
+        if (fit_t or fit_ood) and rt != "auto" and not has_validation(trainer):
+            log.warning("callbacks.uncertainty: no validation images here (e.g. nucseg.evaluate on a folder): no "
+                        "temperature or OOD density is fitted; the checkpoint's are used where it has them")
+            fit_t = fit_ood = False
         if rt == "auto" or fit_t or fit_ood:
             purpose = "uncertainty.review_threshold=auto, callbacks.uncertainty.calibrate and .ood (or set them off)"
             pixels, feats = self._validation_pass(trainer, pl_module, purpose, fit_t and self.shift_calibration)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["validation_batches"]
+__all__ = ["has_validation", "validation_batches"]
+
+
+def has_validation(trainer: Any) -> bool:
+    """Whether the run has validation images to loop over (not, e.g., `nucseg.evaluate` on a folder)."""
+    dm = getattr(trainer, "datamodule", None)
+    if dm is None or not hasattr(dm, "val_dataloader"):
+        return False
+    splits = getattr(dm, "splits", None)
+    return bool(splits.get("val")) if isinstance(splits, dict) else True
 
 
 def validation_batches(trainer: Any, max_images: int | None = None, purpose: str = "this setting"

@@ -177,6 +177,9 @@ def test_uncertainty_rows_join_the_per_image_csv(ckpt, kaggle_dir, tmp_path, dat
     assert sorted(r["id"] for r in rows) == sorted(p.name for p in kaggle_dir.iterdir())
     assert all(0.0 <= float(r["certainty"]) <= 1.0 and r["dice_mc"] != "" for r in rows)
     assert "test/certainty_spearman" in metrics
+    # a folder without validation images: nothing to fit a temperature or an OOD density on, and no failure
+    trust = json.loads((tmp_path / "out" / "uncertainty" / "trust.json").read_text())
+    assert trust["calibration"] == {} and trust["ood_threshold"] is None
 
 
 def test_split_val_scores_the_validation_images_and_a_bad_split_is_named(ckpt, kaggle_dir, tmp_path, data_dir,

@@ -84,8 +84,9 @@ def test_every_image_gets_labels_probability_and_overlay(predicted, input_dir):
     summary = {r["image"]: r for r in read_csv(out / "summary.csv")}
     assert len(summary) == 4 and set(EXPECTED) < set(summary)
     assert list(read_csv(out / "summary.csv")[0]) == ["image", "file", "height", "width", "nucleus_count",
-                                                       "mean_area", "certainty", "needs_review",
-                                                       "nonfinite_pixels", "warning"]
+                                                       "mean_area", "certainty", "ood_score", "unlike_training",
+                                                       "needs_review", "review_reason", "nonfinite_pixels",
+                                                       "warning"]
     for stem, row in summary.items():
         src = Path(row["file"])
         h, w = read_image(src).shape[:2]
@@ -102,6 +103,7 @@ def test_every_image_gets_labels_probability_and_overlay(predicted, input_dir):
             assert prob[labels > 0].mean() > 0.5
             assert float(row["mean_area"]) == pytest.approx((labels > 0).sum() / ids.size, rel=1e-5)
         assert row["certainty"] == "" and row["needs_review"] == ""  # the model has no uncertainty method
+        assert row["ood_score"] == "" and row["review_reason"] == ""  # nor an OOD density
         assert row["nonfinite_pixels"] == "0" and row["warning"] == ""  # real images: finite, not constant
         assert not (out / f"{stem}_uncertainty.tif").exists()
     assert (summary["mosaic"]["height"], summary["mosaic"]["width"]) == ("2048", "2048")

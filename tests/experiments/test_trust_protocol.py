@@ -57,3 +57,14 @@ def test_run_figures_ood_auroc_budget_and_review_recall(protocol):
     assert f["ece"] == 0.1 and f["ece_calibrated"] == 0.08 and f["ece_calibrated_val"] == 0.09
     assert math.isnan(f["temperature"])
     assert f["n_images"] == 10 and f["failures_dice08"] == 4
+
+
+def test_val_figures_rank_each_score_on_the_validation_images(protocol):
+    dice = [0.95, 0.9, 0.85, 0.6, 0.3]
+    rows = [{"dice_mc": str(d), "score_dice_agreement": str(d), "score_entropy": str(1 - d),
+             "score_fg_entropy": str(d), "score_fg_mutual_info": "0.5"} for d in dice]
+    f = protocol.val_figures(rows)
+    assert f["val/n_images"] == 5 and f["val/failures_dice08"] == 2
+    assert f["val/dice_agreement/spearman_dice"] == pytest.approx(1.0)
+    assert f["val/entropy/spearman_dice"] == pytest.approx(-1.0) and f["val/entropy/auroc_dice08"] == 0.0
+    assert f["val/fg_entropy/auroc_dice08"] == 1.0 and math.isnan(f["val/fg_mutual_info/spearman_dice"])
