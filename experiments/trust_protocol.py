@@ -37,6 +37,7 @@ ARMS = {"grouped": [], "stained": ["data.holdout_types=[stained]"],
         "brightfield": ["data.holdout_types=[brightfield]"]}
 SCORES = ("dice_agreement", "entropy", "fg_entropy", "fg_mutual_info")
 BUDGETS = (0.10, 0.25)
+REVIEW_SCORES = ("fg_entropy", "dice_agreement")  # the default, and the one these runs were made with
 
 
 def run_arms(args: argparse.Namespace) -> None:
@@ -129,6 +130,46 @@ def run_figures(rows: list[dict[str, str]], metrics: dict, types: dict[str, str]
     return out
 
 
+def review_settings() -> dict:
+    """failure_dice, min_val_failures, review_budget of the review threshold, as conf/uncertainty/_base.yaml
+    sets them."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "uncertainty" / "_base.yaml")
+    return {k: cfg[k] for k in ("failure_dice", "min_val_failures", "review_budget")}
+
+
+def review_figures(rows: list[dict[str, str]], val_rows: list[dict[str, str]], score: str, settings: dict,
+                   types: dict[str, str], held_out: str | None) -> dict[str, float]:
+    """The combined review flag (score < review threshold OR unlike the training data) as a run with
+    `uncertainty.score=score` raises it: the threshold chosen on the run's validation images by the callback's
+    own rule (`choose_review_threshold`), applied to its test images."""
+    from nucseg.uncertainty.review import choose_review_threshold
+
+    val_dice = [_float(r["dice_mc"]) for r in val_rows]
+    chosen = choose_review_threshold([_float(r[f"score_{score}"]) for r in val_rows], val_dice,
+                                     float(settings["failure_dice"]), int(settings["min_val_failures"]),
+                                     float(settings["review_budget"]))
+    rows = [r for r in rows if not math.isnan(_float(r.get("dice_mc")))]
+    dice = np.array([_float(r.get("dice") or r.get("dice_mc")) for r in rows])
+    dsb = np.array([_float(r.get("dsb_score")) for r in rows])
+    low = np.array([_float(r[f"score_{score}"]) < chosen.value for r in rows])
+    flag = low | np.array([r.get("unlike_training") == "True" for r in rows])
+    p = f"review_{score}/"
+    out = {p + "flagged_fraction": float(flag.mean()),
+           p + "kept_dice": float(dice[~flag].mean()) if (~flag).any() else math.nan,
+           p + "flagged_dice": float(dice[flag].mean()) if flag.any() else math.nan}
+    for key, fail in (("recall_dice08", dice < 0.8), ("recall_dsb03", dsb < 0.3)):
+        out[p + key] = float(flag[fail].mean()) if fail.any() else math.nan
+    if held_out:
+        unseen = np.array([types.get(r["id"]) == held_out for r in rows])
+        out[p + "seen_flagged"] = float(flag[~unseen].mean())
+    # with the score the run used, this must be the run's own flag
+    if all(r.get("certainty") == r.get(f"score_{score}") for r in rows):
+        out[p + "differs_from_run"] = float((flag != np.array([r["needs_review"] == "True" for r in rows])).sum())
+    return out
+
+
 def val_figures(rows: list[dict[str, str]]) -> dict[str, float]:
     """Each score's Spearman with Dice and failure AUROC (Dice < 0.8) on a run's validation images (the
     review-threshold pass, `uncertainty/val_images.csv`): where the default score is chosen."""
@@ -146,7 +187,7 @@ def val_figures(rows: list[dict[str, str]]) -> dict[str, float]:
 def write_table(runs: Path, out: Path) -> None:
     from nucseg.data.io import atomic_write_text
 
-    types = image_types()
+    types, settings = image_types(), review_settings()
     per_run: dict[str, dict[str, dict[str, float]]] = {}
     for run in sorted(p for p in runs.iterdir() if (p / "per_image.csv").is_file() and (p / "metrics.json").is_file()):
         arm = run.name.rsplit("_seed", 1)[0]
@@ -155,7 +196,11 @@ def write_table(runs: Path, out: Path) -> None:
         figures = run_figures(rows, metrics, types, None if arm == "grouped" else arm)
         for val_csv in (run / "uncertainty" / "val_images.csv", run / "val_images.csv"):
             if val_csv.is_file():
-                figures.update(val_figures(list(csv.DictReader(val_csv.open()))))
+                val_rows = list(csv.DictReader(val_csv.open()))
+                figures.update(val_figures(val_rows))
+                for score in REVIEW_SCORES:
+                    figures.update(review_figures(rows, val_rows, score, settings, types,
+                                                  None if arm == "grouped" else arm))
                 break
         per_run.setdefault(arm, {})[run.name] = figures
     summary: dict[str, dict[str, list[float]]] = {}
@@ -241,13 +286,17 @@ def markdown(summary: dict) -> str:
               f"{_ms(summary, a, 'ece_calibrated_pooled', 4)} | {_ms(summary, a, 'ece_calibrated', 4)} | "
               f"{_ms(summary, a, 'temperature', 2)} / {_ms(summary, a, 'temperature_pooled', 2)} / "
               f"{_ms(summary, a, 'temperature_unlike', 2)} |" for a in arms]
-    lines += ["", "The review flag as predict raises it (`needs_review`: low certainty or unlike the training "
-              "data):", "",
-              "| arm | flagged | Dice kept / flagged | failures Dice<0.8 flagged | failures DSB<0.3 flagged |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {a} | {_ms(summary, a, 'flagged_fraction')} | {_ms(summary, a, 'review/kept_dice')} / "
-              f"{_ms(summary, a, 'review/flagged_dice')} | {_ms(summary, a, 'review/recall_dice08')} | "
-              f"{_ms(summary, a, 'review/recall_dsb03')} |" for a in arms]
+    lines += ["", "The review flag as predict raises it (`needs_review`: certainty below the review threshold "
+              "chosen on the run's validation images, or unlike the training data), with each score as the "
+              "certainty (recomputed from the rows by the callback's rule; for the score a run used it equals "
+              "the run's own flag):", "",
+              "| certainty | arm | flagged | Dice kept / flagged | failures Dice<0.8 flagged | failures DSB<0.3 "
+              "flagged | seen type flagged |", "|---|---|---|---|---|---|---|"]
+    for score in REVIEW_SCORES:
+        p = f"review_{score}/"
+        lines += [f"| {score} | {a} | {_ms(summary, a, p + 'flagged_fraction')} | {_ms(summary, a, p + 'kept_dice')}"
+                  f" / {_ms(summary, a, p + 'flagged_dice')} | {_ms(summary, a, p + 'recall_dice08')} | "
+                  f"{_ms(summary, a, p + 'recall_dsb03')} | {_ms(summary, a, p + 'seen_flagged')} |" for a in arms]
     return "\n".join(lines) + "\n"
 
 

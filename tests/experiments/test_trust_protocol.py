@@ -68,3 +68,20 @@ def test_val_figures_rank_each_score_on_the_validation_images(protocol):
     assert f["val/dice_agreement/spearman_dice"] == pytest.approx(1.0)
     assert f["val/entropy/spearman_dice"] == pytest.approx(-1.0) and f["val/entropy/auroc_dice08"] == 0.0
     assert f["val/fg_entropy/auroc_dice08"] == 1.0 and math.isnan(f["val/fg_mutual_info/spearman_dice"])
+
+
+def test_review_figures_choose_the_threshold_on_validation_and_join_the_ood_flag(protocol):
+    settings = {"failure_dice": 0.7, "min_val_failures": 5, "review_budget": 0.25}
+    # 1 validation failure (< min_val_failures): the budget rule flags the least certain quarter (score < 0.35)
+    val = [{"dice_mc": str(d), "score_fg_entropy": str(c)} for d, c in
+           [(0.9, 0.9), (0.85, 0.8), (0.6, 0.3), (0.95, 0.4)]]
+    test = [{"id": f"i{i}", "dice": str(d), "dice_mc": str(d), "dsb_score": str(d / 2), "score_fg_entropy": str(c),
+             "unlike_training": str(u), "certainty": "0.99", "needs_review": "False"}
+            for i, (d, c, u) in enumerate([(0.9, 0.9, False), (0.5, 0.2, False), (0.3, 0.95, True),
+                                           (0.95, 0.7, False)])]
+    f = protocol.review_figures(test, val, "fg_entropy", settings, {"i2": "stained"}, "stained")
+    p = "review_fg_entropy/"
+    assert f[p + "flagged_fraction"] == 0.5  # i1 by low certainty, i2 as unlike the training data
+    assert f[p + "recall_dice08"] == 1.0 and f[p + "flagged_dice"] == pytest.approx(0.4)
+    assert f[p + "seen_flagged"] == pytest.approx(1 / 3)
+    assert p + "differs_from_run" not in f  # the run's certainty was another score
