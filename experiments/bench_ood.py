@@ -9,7 +9,7 @@ every k-th stage1_train image (sorted ids), so every size and imaging type. Two 
 default T=20 samples (the review pass users run) and `uncertainty.method=none` (one deterministic
 pass: where the OOD score costs the most, relatively). Per setting and repeat the two predictors run in
 alternating order (ABBA), so drift and warm-up fall on both; the ratio is (with OOD) / (without). The
-score itself (the k-NN distance) is also timed alone.
+score itself (the k-NN distance) is also timed alone, and the density's size in the checkpoint recorded.
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ def main() -> None:
         print(f"{name}: {t_off / n:.3f} s/image without OOD, {t_on / n:.3f} with: ratio {t_on / t_off:.3f} "
               f"({100 * (t_on / t_off - 1):+.1f} %)", flush=True)
     density = on.density
+    # what the density costs in the checkpoint: its pickled size (torch.save pickles the hyper-parameters)
+    import pickle
+
+    stored = torch.load(args.ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["ood"]
+    result["density_kB"] = len(pickle.dumps(stored)) / 1024
+    result["checkpoint_MB"] = args.ckpt.stat().st_size / 2**20
+    print(f"the density: {result['density_kB']:.1f} kB of the {result['checkpoint_MB']:.1f} MB checkpoint", flush=True)
     feats = np.abs(np.random.default_rng(0).standard_normal((1, density.mean.size)))
     start = time.perf_counter()
     for _ in range(200):

@@ -97,6 +97,20 @@ class UncertaintyEvaluation(L.Callback):
         self.max_val_images, self.store_in_checkpoint = max_val_images, store_in_checkpoint
         self.calibrate, self.shift_calibration = bool(calibrate), bool(shift_calibration)
         self.ood_cfg = {**OOD_DEFAULTS, **dict(ood)} if ood else None
+        if self.ood_cfg:  # checked here, before training, not at test start
+            unknown = set(self.ood_cfg) - set(OOD_DEFAULTS)
+            if unknown:
+                raise ValueError(f"callbacks.uncertainty.ood: unknown key(s) {sorted(unknown)}; expected "
+                                 f"{', '.join(OOD_DEFAULTS)}")
+            for key, low in (("components", 1), ("neighbours", 1), ("max_train_images", 3)):
+                if key == "max_train_images" and self.ood_cfg[key] is None:  # every training image
+                    continue
+                if not isinstance(self.ood_cfg[key], int) or self.ood_cfg[key] < low:
+                    raise ValueError(f"callbacks.uncertainty.ood.{key}: expected an integer >= {low}, got "
+                                     f"{self.ood_cfg[key]!r}")
+            if not 0.0 < float(self.ood_cfg["quantile"]) <= 1.0:
+                raise ValueError(f"callbacks.uncertainty.ood.quantile: expected a fraction in (0, 1], got "
+                                 f"{self.ood_cfg['quantile']!r}")
         self.settings: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = []
         self.val_rows: list[dict[str, Any]] = []

@@ -32,6 +32,7 @@ from nucseg.metrics.calibration import image_temperature
 from nucseg.models.module import SegmentationModule, load_module
 from nucseg.uncertainty.ood import FeatureDensity, FeatureTap
 from nucseg.uncertainty.review import review_reason
+from nucseg.utils.errors import CheckpointError
 
 __all__ = ["Prediction", "Predictor", "resolve_device"]
 
@@ -303,7 +304,10 @@ def _ood_settings(stored: dict | None, threshold: float | str | None) -> tuple[F
     """The checkpoint's OOD density and threshold, the threshold overridden by `threshold` ("off": none)."""
     if threshold == "off" or not (stored or {}).get("density"):
         return None, math.inf
-    density = FeatureDensity.from_dict(stored["density"])  # type: ignore[index]
+    try:
+        density = FeatureDensity.from_dict(stored["density"])  # type: ignore[index]
+    except ValueError as exc:  # a checkpoint edited or truncated by hand: one clear line, not a traceback
+        raise CheckpointError(f"the checkpoint's hyper-parameters: {exc}") from exc
     return density, float(threshold if threshold is not None else stored.get("threshold", math.inf))  # type: ignore[union-attr]
 
 

@@ -160,10 +160,15 @@ class FeatureDensity:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureDensity:
         try:
-            return cls(mean=np.asarray(d["mean"], float), scale=np.asarray(d["scale"], float),
-                       components=np.atleast_2d(np.asarray(d["components"], float)),
-                       train=np.atleast_2d(np.asarray(d["train"], float)), neighbours=int(d["neighbours"]),
-                       reference=float(d["reference"]))
+            density = cls(mean=np.asarray(d["mean"], float), scale=np.asarray(d["scale"], float),
+                          components=np.atleast_2d(np.asarray(d["components"], float)),
+                          train=np.atleast_2d(np.asarray(d["train"], float)), neighbours=int(d["neighbours"]),
+                          reference=float(d["reference"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"ood.density: expected mean, scale, components, train, neighbours and reference "
                              f"({exc})") from exc
+        dim, k = density.mean.size, density.components.shape[0]
+        if density.scale.size != dim or density.components.shape[1] != dim or density.train.shape[1] != k:
+            raise ValueError(f"ood.density: inconsistent shapes (mean {dim}, scale {density.scale.size}, components "
+                             f"{density.components.shape}, train {density.train.shape})")
+        return density

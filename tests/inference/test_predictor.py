@@ -285,6 +285,10 @@ def test_the_checkpoints_ood_density_and_temperature_flag_and_calibrate(ckpt, im
     assert off.ood_score is None and off.needs_review is None
     with pytest.raises(ConfigError, match="ood_threshold"):
         nucseg.Predictor.from_checkpoint(trusted, ood_threshold=-1)
+    broken = rewrite_checkpoint(trusted, tmp_path / "broken.ckpt",
+                                lambda c: c["hyper_parameters"]["ood"]["density"].pop("components"))
+    with pytest.raises(CheckpointError, match="ood.density"):
+        nucseg.Predictor.from_checkpoint(broken)
 
     # the CLI: the reason in summary.csv, and a review figure for the flagged image only
     inputs, out = tmp_path / "in", tmp_path / "out"

@@ -55,6 +55,9 @@ def test_stored_density_scores_as_the_fitted_one_and_bad_input_is_named():
         FeatureDensity.fit(probe[:2])
     with pytest.raises(ValueError, match="ood.density"):
         FeatureDensity.from_dict({"mean": [0.0]})
+    cut = {**density.to_dict(), "components": [row[:11] for row in density.to_dict()["components"]]}
+    with pytest.raises(ValueError, match="inconsistent shapes"):  # a hand-edited / truncated checkpoint
+        FeatureDensity.from_dict(cut)
 
 
 def test_the_tap_reads_the_features_of_the_passes_it_sees():

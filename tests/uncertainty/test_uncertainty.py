@@ -449,3 +449,13 @@ def test_plain_model_is_a_no_op_and_tta_and_ensemble_run_through_the_test_callba
         rows = list(csv.DictReader((out / "uncertainty" / "test_images.csv").open()))
         assert len(rows) == 3
         assert [r["needs_review"] == "True" for r in rows] == [float(r["certainty"]) < 0.9 for r in rows]
+
+
+@pytest.mark.parametrize(("ood", "key"), [({"quantile": 1.5}, "ood.quantile"), ({"components": 0}, "ood.components"),
+                                          ({"neighbors": 5}, "unknown key")])
+def test_a_bad_ood_setting_is_named_before_training(ood, key):
+    from nucseg.callbacks.uncertainty import UncertaintyEvaluation
+
+    with pytest.raises(ValueError, match=key):
+        UncertaintyEvaluation(ood=ood)
+    assert UncertaintyEvaluation(ood={"max_train_images": None}).ood_cfg["max_train_images"] is None
