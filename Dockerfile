@@ -12,7 +12,7 @@ WORKDIR /opt/nucseg
 COPY pyproject.toml README.md ./
 COPY nucseg nucseg
 COPY conf conf
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e ".[pretrained]"
 
 VOLUME ["/data", "/opt/nucseg/outputs"]
 ENTRYPOINT ["python", "-m", "nucseg.train"]

@@ -1,7 +1,8 @@
 """Build segmentation networks from segmentation-models-pytorch by name, with optional Monte-Carlo dropout.
 
-`encoder_weights` defaults to None: nucseg must run offline. A connected user opts in with
-`model.encoder_weights=imagenet`.
+`encoder_weights` defaults to None (random init). `imagenet` loads ImageNet weights: offline from an installed
+package for the encoders in `nucseg.models.pretrained.OFFLINE_WEIGHTS` (the `pretrained` extra), from smp's /
+timm's hub for any other encoder (needs internet).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 from torch import nn
+
+from nucseg.models.pretrained import has_offline_weights, load_offline_weights
 
 ARCHS = {"unet": "Unet", "unetpp": "UnetPlusPlus", "unetplusplus": "UnetPlusPlus", "fpn": "FPN",
          "deeplabv3plus": "DeepLabV3Plus", "manet": "MAnet", "linknet": "Linknet"}
@@ -38,11 +41,15 @@ def build_model(
         raise ValueError(f"model.decoder_channels: expected {encoder_depth} entries (model.encoder_depth), "
                          f"got {len(decoder_channels)}")
     extra = {"decoder_channels": list(decoder_channels)} if cls in (smp.Unet, smp.UnetPlusPlus, smp.MAnet) else {}
+    offline = has_offline_weights(encoder_name, encoder_weights)
     try:
-        net = cls(encoder_name=encoder_name, encoder_depth=encoder_depth, encoder_weights=encoder_weights,
+        net = cls(encoder_name=encoder_name, encoder_depth=encoder_depth,
+                  encoder_weights=None if offline else encoder_weights,
                   in_channels=in_channels, classes=classes, **extra, **kwargs)
     except KeyError as exc:
         raise ValueError(f"model.encoder_name: unknown encoder {encoder_name!r} ({exc})") from exc
+    if offline:
+        load_offline_weights(net.encoder, encoder_name)
     if mc_dropout:
         from nucseg.models.mc_dropout import add_mc_dropout
 

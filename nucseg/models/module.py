@@ -186,8 +186,13 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
     if refused:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise CheckpointError(f"{ckpt_path}: refused: hyper_parameters.{refused[0]}{more}")
+    stored_net = kwargs["net"]
+    # the checkpoint holds the trained weights: the network is built without (re)loading pretrained ones, which
+    # would cost time and need the weights' package or a hub; the hyper-parameters still say where it started
+    kwargs["net"] = {**stored_net, **({"encoder_weights": None} if "encoder_weights" in stored_net else {})}
     try:
         module = SegmentationModule(**kwargs)
+        module.hparams["net"] = stored_net
     except Exception as exc:  # e.g. an unknown encoder name or argument: name the file, not Hydra's internals
         raise CheckpointError(f"{ckpt_path}: cannot build the network its hyper-parameters describe "
                               f"({_shorten(' '.join(str(exc).split()))})") from exc
