@@ -4,6 +4,8 @@
     python experiments/seed_table.py outputs/ablate_aug/light outputs/ablate_aug/generalize \
         --metrics val/dsb_score val/dice --out experiments/results/ablate_aug
     python experiments/seed_table.py old=outputs/ablate_preset/old new=outputs/ablate_preset/new ...
+    python experiments/seed_table.py \
+        resnet18=experiments/results/cpu_preset_seeds/seed_table.json:new lite0=outputs/preset_lite0 ...
 
 Reads each job's `.hydra/overrides.yaml` and `metrics.json`. Ablations read the validation split (`test=false`):
 the test split is scored once per recorded run, not per arm.
@@ -83,6 +85,29 @@ def markdown(table: dict[str, dict], metrics: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded_jobs(table_path: Path, arm: str, label: str | None = None) -> list[tuple[str, str, dict]]:
+    """(arm, seed, metrics) of each seed of `arm` in an earlier record's seed_table.json (its per-seed values),
+    so a new arm can be set beside runs whose folders are gone. Exits naming the file or arm when absent."""
+    if not table_path.is_file():
+        raise SystemExit(f"error: {table_path}: no recorded seed table")
+    table = json.loads(table_path.read_text())
+    if arm not in table:
+        raise SystemExit(f"error: {table_path}: no arm {arm!r} (has {', '.join(map(repr, table))})")
+    entry = table[arm]
+    seeds = [str(x) for x in entry["seeds"]]
+    return [(label or arm, seed, {k: v["values"][i] for k, v in entry.items() if k != "seeds"})
+            for i, seed in enumerate(seeds)]
+
+
+def collect(spec: str) -> list[tuple[str, str, dict]]:
+    """The jobs of one command-line arm: `PATH`, `LABEL=PATH`, or `LABEL=RECORD.json:ARM` (a recorded arm)."""
+    label, _, rest = spec.partition("=")
+    file, sep, arm = (rest or spec).rpartition(":")
+    if sep and file.endswith(".json"):
+        return recorded_jobs(Path(file), arm, label if rest else None)
+    return jobs(*arm_spec(spec))
+
+
 def arm_spec(spec: str) -> tuple[Path, str | None]:
     """(folder, label) of a `PATH` or `LABEL=PATH` argument; an existing folder wins (Hydra sweep folders are
     often named `seed=1`)."""
@@ -97,11 +122,12 @@ def arm_spec(spec: str) -> tuple[Path, str | None]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweeps", nargs="+", help="run or sweep folders, each optionally as LABEL=PATH (one arm per "
-                    "label; a label given twice joins its folders)")
+                    "label; a label given twice joins its folders), or LABEL=RECORD.json:ARM, an arm of an earlier "
+                    "record's seed_table.json")
     ap.add_argument("--metrics", nargs="+", default=["val/dsb_score", "val/dice"])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    rows = [r for s in args.sweeps for r in jobs(*arm_spec(s))]
+    rows = [r for s in args.sweeps for r in collect(s)]
     if not rows:
         raise SystemExit(f"error: no finished jobs (metrics.json) under {', '.join(map(str, args.sweeps))}")
     table = summarise(rows, args.metrics)
