@@ -34,13 +34,17 @@ from nucseg.utils.train_precision import bf16_pays, probe_seconds, step_seconds
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train_step import cpu_info  # noqa: E402
 
+# weights do not change a step's cost: rows other than the preset train from random init (no hub needed)
 NETWORKS = {
     "preset": [],
-    "resnet18, decoder 128-64-32-16": ["model.encoder_name=resnet18", "model.decoder_channels=[128,64,32,16]"],
-    "resnet18, decoder 64-32-16-8": ["model.encoder_name=resnet18", "model.decoder_channels=[64,32,16,8]"],
-    "efficientnet-lite0 (timm), decoder 64-32-16-8": ["model.encoder_name=tu-efficientnet_lite0",
-                                                      "model.decoder_channels=[64,32,16,8]"],
-    "efficientnet-lite0 (tf padding), decoder 64-32-16-8": ["model.encoder_name=timm-tf_efficientnet_lite0",
+    "resnet18, decoder 128-64-32-16": ["model.encoder_name=resnet18", "model.encoder_weights=null",
+                                       "model.decoder_channels=[128,64,32,16]"],
+    "resnet18, decoder 64-32-16-8": ["model.encoder_name=resnet18", "model.encoder_weights=null",
+                                     "model.decoder_channels=[64,32,16,8]"],
+    "efficientnet-lite0 (timm), decoder 128-64-32-16": ["model.encoder_name=tu-efficientnet_lite0",
+                                                        "model.decoder_channels=[128,64,32,16]"],
+    "efficientnet-lite0 (TF padding), decoder 64-32-16-8": ["model.encoder_name=timm-tf_efficientnet_lite0",
+                                                            "model.encoder_weights=null",
                                                             "model.decoder_channels=[64,32,16,8]"],
 }
 

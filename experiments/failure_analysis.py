@@ -46,10 +46,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    table = args.run_dir / "per_image.csv"  # nucseg.evaluate's output; a training run keeps it under figures/
-    if not table.is_file():
-        table = args.run_dir / "figures" / "per_image.csv"
-    rows = list(csv.DictReader(table.open()))
+    # a training run's figures/per_image.csv has size, Dice and IoU; the run folder's per_image.csv (a training
+    # run's or nucseg.evaluate's) the instance and uncertainty columns: joined by image id
+    tables = [t for t in (args.run_dir / "figures" / "per_image.csv", args.run_dir / "per_image.csv") if t.is_file()]
+    if not tables:
+        raise SystemExit(f"error: {args.run_dir}: no per_image.csv (nor figures/per_image.csv)")
+    table = tables[0]
+    by_id: dict[str, dict] = {}
+    for t in tables:
+        for r in csv.DictReader(t.open()):
+            by_id.setdefault(r["id"], {}).update({k: v for k, v in r.items() if v != "" or k not in by_id[r["id"]]})
+    rows = list(by_id.values())
     review: dict[str, str] = {}  # Bayesian runs: which test images the certainty sends to an expert
     unc = args.run_dir / "uncertainty" / "test_images.csv"
     if "needs_review" in rows[0]:

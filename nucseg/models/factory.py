@@ -49,7 +49,9 @@ def build_model(
     except KeyError as exc:
         raise ValueError(f"model.encoder_name: unknown encoder {encoder_name!r} ({exc})") from exc
     if offline:
-        load_offline_weights(net.encoder, encoder_name)
+        encoder = net.encoder
+        assert isinstance(encoder, nn.Module)  # every smp model has one
+        load_offline_weights(encoder, encoder_name)
     if mc_dropout:
         from nucseg.models.mc_dropout import add_mc_dropout
 
