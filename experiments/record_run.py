@@ -29,11 +29,16 @@ FILES = [
     "figures/training_curves.png", "figures/certainty_vs_dice.png", "progress/progress_grid.png",
     "uncertainty/test_images.csv", "uncertainty/val_images.csv", "uncertainty/reliability.png",
     "uncertainty/review_threshold.json",
-    "csv/metrics.csv",
+    "csv/metrics.csv", "figures/confusion_matrix.png", "budget.json", "postprocess_tuning.json",
 ]
+# run-level files whose names clash with a copy above: (path in the run, name in the record)
+RENAMED = [("per_image.csv", "per_image_test.csv")]
 TABLE = ["test/dice", "test/iou", "test/auroc", "test/dsb_score", "test/dsb_score_cc", "test/ap50",
          "test/count_error", "test/dice_mc", "test/dice_deterministic", "test/certainty_spearman",
-         "test/failure_auroc", "test/ece", "test/ece_deterministic", "test/review_fraction"]
+         "test/failure_auroc", "test/ece", "test/ece_deterministic", "test/review_fraction",
+         "test/pixel_error", "test/rand_f", "test/rand_split", "test/rand_merge", "test/info_f", "test/vi_split",
+         "test/vi_merge", "test/confusion/tn", "test/confusion/fp", "test/confusion/fn", "test/confusion/tp",
+         "tune/val_dsb_score", "tune/val_rand_f", "tune/val_rand_f_base", "tune/threshold", "tune/min_size"]
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]")
 
 
@@ -50,6 +55,19 @@ def log_span(run_dir: Path) -> tuple[datetime, datetime]:
     return min(stamps), max(stamps)
 
 
+def machine_words() -> str:
+    """This host in words, with the CPU model and whether it has AVX512-BF16 (the fast kind) or not."""
+    model, bf16 = platform.machine(), False
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), model)
+        bf16 = "avx512_bf16" in info
+    except OSError:
+        pass
+    kind = "with avx512_bf16 (the bf16 kind)" if bf16 else "without avx512_bf16 (the slow kind)"
+    return f"{platform.node()}: {os.cpu_count()} CPU cores, {model}, {kind}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
@@ -64,12 +82,12 @@ def main() -> None:
     dest = Path(__file__).parent / "results" / args.name
     dest.mkdir(parents=True, exist_ok=True)
     redraw = (run / "csv" / "metrics.csv").is_file()  # curves from the CSV log: every epoch's train loss
-    for rel in FILES:
+    for rel, name in [(f, Path(f).name) for f in FILES] + RENAMED:
         if redraw and rel.endswith("training_curves.png"):
             continue
         src = run / rel
         if src.is_file():
-            target = dest / Path(rel).name
+            target = dest / name
             shutil.copyfile(src, target.with_suffix(target.suffix + ".tmp"))
             os.replace(target.with_suffix(target.suffix + ".tmp"), target)
     if redraw:
@@ -78,7 +96,7 @@ def main() -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     start, end = log_span(run)
-    machine = args.machine or f"{platform.node()}: {os.cpu_count()} CPU cores, {platform.machine()}"
+    machine = args.machine or machine_words()
     record = {
         "command": "python -m nucseg.train " + " ".join(overrides),
         "run_dir": str(run),

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.callbacks.evaluation_writer import EvaluationWriter
 from nucseg.callbacks.instance_metrics import InstanceMetrics
+from nucseg.callbacks.region_scores import RegionScores
 from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.models.module import load_module
 from nucseg.utils.config import align_data_with_checkpoint
@@ -79,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = to_float_dict(trainer.callback_metrics)
     if trainer.is_global_zero:
         inst = next(c for c in callbacks if isinstance(c, InstanceMetrics))
-        unc = [c.rows for c in callbacks if isinstance(c, UncertaintyEvaluation) and c.rows]
+        unc = [c.rows for c in callbacks if isinstance(c, UncertaintyEvaluation | RegionScores) and c.rows]
         rows = merge_rows(writer.rows, inst.rows, *unc)
         write_per_image(output_dir / "per_image.csv", rows)
         metrics["n_images"] = len(rows)

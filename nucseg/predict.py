@@ -8,8 +8,10 @@ uncertainty method `<stem>_uncertainty.tif` (per-pixel maps), and for an image f
 with the certainty, the out-of-distribution score, a needs_review flag and its reason, the count of NaN / inf
 pixels and a warning for constant images), `nuclei.csv`
 (one row per nucleus), `errors.csv` (inputs that could not be read or processed, by name), and with `rle=true`
-a Kaggle `submission.csv`. A bad file does not stop the run; the exit status is non-zero only when no image
-could be processed; bad settings stop it before any work (exit status 2). The engine is `nucseg.Predictor`.
+a Kaggle `submission.csv`; with `stack=true`, `probabilities.tif`, every input's probability as one float32
+z-stack in natural name order (ISBI 2012's results format). A bad file does not stop the run; the exit status
+is non-zero only when no image could be processed; bad settings stop it before any work (exit status 2). The
+engine is `nucseg.Predictor`.
 A rerun skips images whose outputs are all there (`overwrite=true` redoes them; nucseg.inference.records);
 `shard=i/n` predicts part i of n of the inputs, `merge=true` joins the shards' tables (nucseg.inference.shards).
 """
@@ -31,8 +33,9 @@ from nucseg.inference.batch import BatchResult, predict_into
 from nucseg.inference.inputs import list_inputs, require_images, unique_stems
 from nucseg.inference.predictor import Predictor
 from nucseg.inference.shards import TABLES, merge_shards, select_shard
-from nucseg.inference.writers import write_tables
+from nucseg.inference.writers import write_probability_stack, write_tables
 from nucseg.utils.errors import ConfigError
+from nucseg.utils.files import natural_key
 from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,10 @@ def run_predict(cfg: DictConfig) -> PredictReport:
     if cfg.get("merge", False):
         return run_merge(cfg)
     check_config(cfg, "predict")
+    if cfg.get("stack", False) and cfg.get("shard") is not None:
+        raise ConfigError(f"stack=true with shard={cfg.shard!r}: the stack holds every input in order; predict "
+                          "without shard (or predict the shards, then once more with stack=true: done images "
+                          "are not predicted again)")
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, skipped = list_inputs(cfg.input, recursive=bool(cfg.get("recursive", False)), output=out_dir)
@@ -78,11 +85,25 @@ def run_predict(cfg: DictConfig) -> PredictReport:
             predict_into(predictor, todo, out_dir, settings, done, overlay=bool(cfg.get("overlay", True)),
                          rle=bool(cfg.get("rle")), progress=bool(cfg.get("progress", True)),
                          result=BatchResult(report.predicted, report.errors))
+        if cfg.get("stack", False):
+            _write_stack(out_dir, stems, report)
     finally:  # what was done is written even when the run is interrupted
         report.summary, report.nuclei, report.submission = records.table_rows(done[s] for s in stems if s in done)
         write_tables(out_dir, report.summary, report.nuclei, report.errors,
                      report.submission if cfg.get("rle", False) else None, suffix=suffix)
     return report
+
+
+def _write_stack(out_dir: Path, stems: list[str], report: PredictReport) -> None:
+    """stack=true: probabilities.tif of every input in natural name order (slice 2 before slice 10); not written
+    (an error line and a row of errors.csv) when an input has no probability map."""
+    try:
+        path = write_probability_stack(out_dir, sorted(stems, key=natural_key))
+    except ValueError as exc:
+        log.error("stack=true: %s", exc)
+        report.errors.append({"file": str(out_dir / "probabilities.tif"), "error": str(exc)})
+        return
+    log.info("wrote %s: %d slices in natural name order", path, len(stems))
 
 
 def _load_predictor(cfg: DictConfig, n_images: int) -> Predictor:

@@ -99,14 +99,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def write_test_rows(path: Path, callbacks: list) -> None:
-    """per_image.csv of the test split as `nucseg.evaluate` writes it: the instance metrics and the
-    uncertainty rows (certainty, every candidate score, OOD score, review flag) joined on the image id."""
+    """per_image.csv of the test split as `nucseg.evaluate` writes it: the instance metrics, the uncertainty
+    rows (certainty, every candidate score, OOD score, review flag) and the pixel error / region scores joined on
+    the image id."""
     from nucseg.callbacks.instance_metrics import InstanceMetrics
+    from nucseg.callbacks.region_scores import RegionScores
     from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 
-    inst = [c.rows for c in callbacks if isinstance(c, InstanceMetrics) and c.rows]
-    unc = [c.rows for c in callbacks if isinstance(c, UncertaintyEvaluation) and c.rows]
-    tables = inst + unc
+    tables = [c.rows for kind in (InstanceMetrics, UncertaintyEvaluation, RegionScores)
+              for c in callbacks if isinstance(c, kind) and c.rows]
     if tables:
         write_per_image(path, merge_rows(tables[0], *tables[1:]))
 

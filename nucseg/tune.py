@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.callbacks.postprocess_tuning import validation_probabilities
 from nucseg.data.io import atomic_write_text
-from nucseg.instances.tuning import TUNED_KEYS, tune_postprocess
+from nucseg.instances.tuning import OBJECTIVE_TITLES, TUNED_KEYS, tune_postprocess
 from nucseg.models.module import load_module
 from nucseg.utils.checkpoint import update_checkpoint_hparams
 from nucseg.utils.config import align_data_with_checkpoint
@@ -55,8 +55,10 @@ def main(cfg: DictConfig) -> None:
     with friendly_errors():
         tuned = tune(cfg)
     s = tuned["tuned"]
-    print(f"validation DSB score {s['val_dsb_score_base']:.4f} -> {s['val_dsb_score']:.4f} on {s['n_val_images']} "
-          "images with " + ", ".join(f"{k}={tuned[k]}" for k in TUNED_KEYS if k in tuned))
+    name = next(k for k in s if k.startswith("val_") and not k.endswith("_base"))  # val_<objective>
+    title = OBJECTIVE_TITLES.get(name[4:], name[4:])
+    print(f"validation {title} {s[name + '_base']:.4f} -> {s[name]:.4f} on {s['n_val_images']} images with "
+          + ", ".join(f"{k}={tuned[k]}" for k in TUNED_KEYS if k in tuned))
 
 
 if __name__ == "__main__":

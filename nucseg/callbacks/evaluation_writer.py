@@ -19,12 +19,13 @@ __all__ = ["EvaluationWriter"]
 
 class EvaluationWriter(L.Callback):
     """Per test image: pixel Dice / IoU at the module's threshold (kept in `rows`), and a TP/FP/FN overlay
-    PNG under `<output_dir>/overlays/` for the first `max_overlays` images (`level` pixel or object)."""
+    PNG under `<output_dir>/overlays/` for the first `max_overlays` images (`level` pixel, object, or membrane:
+    EM membranes found yellow / false green / missed red)."""
 
     def __init__(self, output_dir: str | Path, level: str = "pixel", max_overlays: int = 16, alpha: float = 0.5,
                  iou_threshold: float = 0.5):
-        if level not in ("pixel", "object"):
-            raise ValueError(f"overlays.level: expected 'pixel' or 'object', got {level!r}")
+        if level not in ("pixel", "object", "membrane"):
+            raise ValueError(f"overlays.level: expected 'pixel', 'object' or 'membrane', got {level!r}")
         self.output_dir, self.level, self.max_overlays = Path(output_dir), level, int(max_overlays)
         self.alpha, self.iou_threshold = alpha, iou_threshold
         self.rows: list[dict[str, Any]] = []
@@ -49,11 +50,17 @@ class EvaluationWriter(L.Callback):
 
     def _overlay(self, pl_module: L.LightningModule, batch: dict, i: int, probs: torch.Tensor, pred: np.ndarray,
                  rid: str) -> None:
-        from nucseg.viz.overlays import object_error_overlay, pixel_error_overlay, save_png
+        from nucseg.viz.overlays import (
+            membrane_error_overlay,
+            object_error_overlay,
+            pixel_error_overlay,
+            save_png,
+        )
 
         image = as_uint8_rgb(batch["image"][i])
-        if self.level == "pixel":
-            rgb = pixel_error_overlay(image, pred, batch["target"][i, 0].cpu().numpy() > 0.5, self.alpha)
+        if self.level in ("pixel", "membrane"):
+            draw = pixel_error_overlay if self.level == "pixel" else membrane_error_overlay
+            rgb = draw(image, pred, batch["target"][i, 0].cpu().numpy() > 0.5, self.alpha)
         else:
             from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 

@@ -27,13 +27,19 @@ from nucseg.viz.report import thumbnail
 
 log = logging.getLogger(__name__)
 
+# foreground: errors of the foreground; membrane: of the background (EM membranes between cells)
+ERROR_OVERLAYS = ("foreground", "membrane")
 PER_IMAGE_COLUMNS = ("id", "height", "width", "dice", "iou", "n_true_pixels", "certainty")
 
 
 class ReportFigures(L.Callback):
     def __init__(self, n_best_worst: int = 3, threshold: float = 0.5, max_side: int = 256,
-                 dirname: str = "figures"):
+                 dirname: str = "figures", error_overlay: str = "foreground"):
+        if error_overlay not in ERROR_OVERLAYS:
+            raise ValueError(f"callbacks.report_figures.error_overlay: expected one of {ERROR_OVERLAYS}, got "
+                             f"{error_overlay!r}")
         self.n, self.threshold, self.max_side, self.dirname = n_best_worst, threshold, max_side, dirname
+        self.error_overlay = error_overlay
         self.history: list[dict[str, float]] = []  # validation epochs
         self.train_history: list[dict[str, float]] = []  # every training epoch
         self.rows: list[dict] = []
@@ -104,7 +110,7 @@ class ReportFigures(L.Callback):
         n_best = min(self.n, (len(ranked) + 1) // 2)  # best and worst never repeat an image
         n_worst = min(self.n, len(ranked) - n_best)
         picks = ranked[len(ranked) - n_best:][::-1] + ranked[:n_worst]
-        save_figure(best_worst_figure(picks, n_best), out / "best_worst.png")
+        save_figure(best_worst_figure(picks, n_best, self.error_overlay), out / "best_worst.png")
         with_cert = [r for r in self.rows if r["certainty"] is not None]
         if with_cert:
             save_figure(certainty_dice_figure([r["certainty"] for r in with_cert], [r["dice"] for r in with_cert]),

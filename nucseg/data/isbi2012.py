@@ -23,7 +23,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from skimage.measure import label as connected_components
 from nucseg.data.io import ImageReadError, is_image_file, probe_image, read_mask, read_raw, to_rgb
 from nucseg.data.normalize import normalize
 from nucseg.data.source import DataNotFoundError, Record, Source
+from nucseg.utils.files import natural_key
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ CELL_THRESHOLD = 127  # label > 127: cell interior (255 in the release); <= 127:
 def cell_instances(label_image: np.ndarray) -> np.ndarray:
     """Instance labels (int32) of the cells: 4-connected regions of cell interior (label 255); membranes -> 0."""
     return connected_components(label_image > CELL_THRESHOLD, connectivity=1).astype(np.int32)
-
-
-def _natural_key(name: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def block_splits(n: int, val_fraction: float, test_fraction: float) -> list[str]:
@@ -104,7 +100,7 @@ class ISBI2012Source(Source):
 
     # ------------------------------------------------------------------ layouts
     def _slices(self, folder: Path) -> list[Path]:
-        files = sorted(folder.iterdir(), key=lambda p: _natural_key(p.name))
+        files = sorted(folder.iterdir(), key=lambda p: natural_key(p.name))
         stray = [p.name for p in files if not is_image_file(p)]
         if stray:
             log.warning("%s: ignored %d non-image file(s): %s", folder, len(stray), stray[:5])
@@ -147,10 +143,10 @@ class ISBI2012Source(Source):
 
     # ------------------------------------------------------------------ Source API
     def records(self) -> list[Record]:
-        train = sorted((r for r in self._items if r.startswith("train-")), key=_natural_key)
+        train = sorted((r for r in self._items if r.startswith("train-")), key=natural_key)
         fixed = block_splits(len(train), self.val_fraction, self.test_fraction) if self.split == "blocks" else None
         out = [Record(r, "em", fixed[k] if fixed else None) for k, r in enumerate(train)]
-        out += [Record(r, "em", "predict") for r in sorted(self._items, key=_natural_key) if r.startswith("test-")]
+        out += [Record(r, "em", "predict") for r in sorted(self._items, key=natural_key) if r.startswith("test-")]
         return out
 
     def location(self, record_id: str) -> str:

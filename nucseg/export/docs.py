@@ -19,8 +19,8 @@ def checkpoint_metrics(ckpt_path: Path, ckpt: dict[str, Any]) -> dict[str, float
         if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
             out[f"{state['monitor']} (best checkpoint)"] = float(state["best_model_score"])
     tuned = ((ckpt.get("hyper_parameters") or {}).get("postprocess") or {}).get("tuned") or {}
-    for key in ("val_dsb_score", "val_dsb_score_base"):
-        if isinstance(tuned.get(key), int | float):
+    for key in tuned:  # val_<objective>, val_<objective>_base
+        if key.startswith("val_") and isinstance(tuned.get(key), int | float):
             out[f"postprocess.tuned.{key}"] = float(tuned[key])
     run_metrics = ckpt_path.resolve().parent.parent / "metrics.json"
     if run_metrics.is_file():

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from nucseg.inference.prediction import Prediction
 
 __all__ = ["ERROR_COLUMNS", "NUCLEI_COLUMNS", "SUMMARY_COLUMNS", "label_dtype", "review_title", "submission_rows",
-           "write_image_outputs", "write_review_figure", "write_tables", "write_tiff"]
+           "write_image_outputs", "write_probability_stack", "write_review_figure", "write_tables", "write_tiff"]
 
 SUMMARY_COLUMNS = ("image", "file", "height", "width", "nucleus_count", "mean_area", "certainty", "ood_score",
                    "unlike_training", "needs_review", "review_reason", "nonfinite_pixels", "warning")
@@ -115,3 +115,26 @@ def write_tables(out_dir: Path, summary: Iterable[dict], nuclei: Iterable[dict],
     write_csv(out_dir / f"errors{suffix}.csv", ERROR_COLUMNS, errors, digits=6)
     if submission is not None:
         write_csv(out_dir / f"submission{suffix}.csv", SUBMISSION_COLUMNS, submission, digits=6)
+
+
+def write_probability_stack(out_dir: Path, stems: list[str], name: str = "probabilities.tif") -> Path:
+    """One float32 TIFF stack (Z, Y, X) of the images' `<stem>_prob.tif`, in the order of `stems`: for a
+    z-stack cut into slices, such as ISBI 2012's test volume, where it is the challenge's results format (values
+    from 0 = membrane to 1 = cell interior). Every slice must be there and of one size; a ValueError names the
+    first that is not."""
+    import tifffile
+
+    pages: list[np.ndarray] = []
+    for stem in stems:
+        path = out_dir / f"{stem}_prob.tif"
+        if not path.is_file():
+            raise ValueError(f"{path}: missing, so the probability stack {name} cannot be written (was the image "
+                             "predicted? see errors.csv)")
+        page = tifffile.imread(path)
+        if pages and page.shape != pages[0].shape:
+            raise ValueError(f"{path}: {page.shape[1]}x{page.shape[0]} pixels, but the stack's first slice has "
+                             f"{pages[0].shape[1]}x{pages[0].shape[0]}; stack=true needs images of one size")
+        pages.append(page.astype(np.float32, copy=False))
+    target = out_dir / name
+    write_tiff(target, np.stack(pages), imagej=True, metadata={"axes": "ZYX"})
+    return target

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("auto", "cc", "watershed")
 # postprocess keys that say how the settings were chosen (postprocess=auto), not settings themselves
-META_KEYS = frozenset({"tune", "tuned"})
+META_KEYS = frozenset({"tune", "tuned", "objective"})
 _warned: set[str] = set()
 
 
@@ -131,6 +131,7 @@ def probs_to_instances(
     min_size: int = 10,
     fill_holes: bool = True,
     seed_min_size: int = 10,
+    grow: bool = False,
     **kwargs: Any,
 ) -> np.ndarray:
     """(K, H, W) probabilities -> (H, W) int32 labels 1..N (0 = background).
@@ -138,7 +139,9 @@ def probs_to_instances(
     method: "cc" connected components of `probs[0] > threshold`; "watershed" seeds = foreground minus pixels
     whose contour/touching probability exceeds `contour_threshold`, grown over the foreground along the border
     probability (needs K >= 2); "auto" watershed when K >= 2, else cc. Objects under `min_size` pixels are
-    dropped, seeds under `seed_min_size` pixels ignored, holes inside single objects filled. Extra keyword
+    dropped, seeds under `seed_min_size` pixels ignored, holes inside single objects filled. `grow` then floods
+    the objects over the background along the background probability 1 - probs[0] (a watershed on the membrane
+    map), so every pixel belongs to an object: for tissue that objects tile, such as EM cells. Extra keyword
     arguments let callers pass a whole `postprocess` config; unknown keys are logged once and ignored.
     """
     for key in kwargs:
@@ -168,4 +171,7 @@ def probs_to_instances(
         labels = fill_object_holes(labels, in_place=True)
     keep = np.bincount(labels.ravel(), minlength=1) >= max(int(min_size), 1)
     keep[0] = False
-    return _relabel_sequential(labels, keep, in_place=True)  # labels are this function's own array
+    labels = _relabel_sequential(labels, keep, in_place=True)  # labels are this function's own array
+    if grow and labels.any():
+        labels = watershed(1.0 - probs[0], labels).astype(np.int32, copy=False)
+    return labels

@@ -103,6 +103,7 @@ RULES: dict[str, Rule] = {
     "shard": Rule(_shard, "i/n with 0 <= i < n (part i of n of the inputs, e.g. 0/4)", frozenset({"predict"})),
     "overwrite": Rule(one_of(True, False), "true or false", frozenset({"predict"})),
     "merge": Rule(one_of(True, False), "true or false", frozenset({"predict", "predict_merge"})),
+    "stack": Rule(one_of(True, False), "true or false", frozenset({"predict"})),
     # sliding-window prediction
     "tile": Rule(integer(STRIDE, STRIDE), f"a positive multiple of {STRIDE} (e.g. 512)"),
     "overlap": Rule(number(0, 1, hi_open=True), "a fraction of a tile, 0 <= overlap < 1 (e.g. 0.25)"),
@@ -113,6 +114,8 @@ RULES: dict[str, Rule] = {
     "postprocess.threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
     "postprocess.contour_threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
     "postprocess.min_size": Rule(integer(0), "an integer >= 0 (pixels)"),
+    "postprocess.grow": Rule(one_of(True, False), "true or false"),
+    "postprocess.objective": Rule(one_of("dsb_score", "rand_f"), "dsb_score or rand_f"),
     "uncertainty.samples": Rule(integer(1), "an integer >= 1"),
     "uncertainty.batch_size": Rule(integer(1), "an integer >= 1"),
     "uncertainty.review_threshold": Rule(either(number(0, 1), one_of("auto")), f"{UNIT}, or auto"),
@@ -136,7 +139,7 @@ RULES: dict[str, Rule] = {
     "budget.plan": Rule(_file, "an existing budget.json of an earlier run", frozenset({"train"})),
     "overlays.max_images": Rule(integer(0), "an integer >= 0"),
     "overlays.alpha": Rule(number(0, 1), UNIT),
-    "overlays.level": Rule(one_of("pixel", "object"), "pixel or object"),
+    "overlays.level": Rule(one_of("pixel", "object", "membrane"), "pixel, object or membrane"),
 }
 
 

@@ -43,6 +43,14 @@ def pixel_error_overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray, a
     return out
 
 
+def membrane_error_overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray, alpha: float = 0.5
+                           ) -> np.ndarray:
+    """EM membranes, the background between cells: `pred` and `true` are foreground (cell) masks, and the
+    membrane (not cell) pixels are coloured: membrane in both yellow, false membrane (predicted membrane inside
+    a true cell) green, missed membrane (a true membrane predicted as cell) red."""
+    return pixel_error_overlay(image, ~(np.asarray(pred) > 0), ~(np.asarray(true) > 0), alpha)
+
+
 def match_objects(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> tuple[set[int], set[int]]:
     """Label values of the matched predicted and true nuclei: pairs with IoU strictly above `iou_threshold`
     (>= 0.5, so matches are one-to-one), as in the DSB score."""

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from nucseg.data.io import atomic_write_bytes
-from nucseg.viz.overlays import pixel_error_overlay
+from nucseg.viz.overlays import membrane_error_overlay, pixel_error_overlay
 
-__all__ = ["best_worst_figure", "certainty_dice_figure", "histories_from_csv", "save_figure", "thumbnail",
-           "training_curves_figure"]
+__all__ = ["best_worst_figure", "certainty_dice_figure", "confusion_matrix_figure", "histories_from_csv",
+           "save_figure", "thumbnail", "training_curves_figure"]
 
 
 def _pyplot() -> Any:
@@ -77,18 +77,24 @@ def histories_from_csv(path: str | Path) -> tuple[list[dict[str, float]], list[d
             [val[e] for e in sorted(val)])
 
 
-def best_worst_figure(picks: Sequence[dict[str, Any]], n_best: int) -> Any:
+def best_worst_figure(picks: Sequence[dict[str, Any]], n_best: int, error_overlay: str = "foreground") -> Any:
     """One row per test image (the first `n_best` labelled best, the rest worst): image, ground truth,
-    probability, TP yellow / FP green / FN red overlay, and the uncertainty map when any row has one (rows
-    hold the thumbnails `_image`, `_true`, `_prob`, `_pred`, `_unc` and `id`, `dice`)."""
+    probability, an error overlay, and the uncertainty map when any row has one (rows hold the thumbnails
+    `_image`, `_true`, `_prob`, `_pred`, `_unc` and `id`, `dice`). The overlay colours the foreground (TP yellow /
+    FP green / FN red) or, with `error_overlay="membrane"`, the background as EM membranes
+    (`membrane_error_overlay`: found yellow / false membrane green / missed membrane red)."""
     plt = _pyplot()
     has_unc = any(r["_unc"] is not None for r in picks)
     ncol = 5 if has_unc else 4
     fig, axes = plt.subplots(len(picks), ncol, figsize=(2.6 * ncol, 2.6 * len(picks)), squeeze=False)
-    titles = ["image", "ground truth", "prediction", "TP yellow / FP green / FN red", "uncertainty"]
+    membrane = error_overlay == "membrane"
+    errors = ("membrane found yellow / false green / missed red" if membrane else
+              "TP yellow / FP green / FN red")
+    titles = ["image", "ground truth", "prediction", errors, "uncertainty"]
+    overlay = membrane_error_overlay if membrane else pixel_error_overlay
     for i, r in enumerate(picks):
         tag = "best" if i < n_best else "worst"
-        panels = [r["_image"], r["_true"], r["_prob"], pixel_error_overlay(r["_image"], r["_pred"], r["_true"])]
+        panels = [r["_image"], r["_true"], r["_prob"], overlay(r["_image"], r["_pred"], r["_true"])]
         for j, p in enumerate(panels):
             axes[i, j].imshow(p, cmap="gray" if p.ndim == 2 else None, vmin=0, vmax=1 if p.ndim == 2 else None)
         if has_unc and r["_unc"] is not None:
@@ -109,4 +115,20 @@ def certainty_dice_figure(certainty: Sequence[float], dice: Sequence[float]) -> 
     ax.set_xlabel("image certainty"), ax.set_ylabel("true Dice")
     ax.grid(alpha=0.3)
     ax.set_title(f"certainty vs Dice ({len(certainty)} test images)")
+    return fig
+
+
+def confusion_matrix_figure(rates: np.ndarray, class_names: Sequence[str] = ("background", "foreground")) -> Any:
+    """A (2, 2) confusion matrix normalised over the true class (rows true, columns predicted), each cell
+    annotated with its rate."""
+    plt = _pyplot()
+    rates = np.asarray(rates, dtype=float)
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (r, c), v in np.ndenumerate(rates):
+        ax.text(c, r, f"{v:.3f}", ha="center", va="center", color="white" if v > 0.5 else "black")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, [f"pred {n}" for n in class_names], fontsize=8)
+    ax.set_yticks(ticks, [f"true {n}" for n in class_names], fontsize=8)
+    ax.set_title("pixel confusion (rows sum to 1)", fontsize=9)
     return fig

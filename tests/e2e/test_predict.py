@@ -24,6 +24,7 @@ from nucseg.models.module import load_module
 from nucseg.models.padding import pad_to_multiple
 from nucseg.predict import run_predict
 from nucseg.uncertainty.sampling import sample_probs
+from nucseg.utils.errors import ConfigError
 from tests.helpers.checkpoints import train_tiny_checkpoint
 from tests.helpers.config import compose_cfg
 from tests.helpers.paths import PROJECT_ROOT
@@ -258,3 +259,32 @@ def test_mc_dropout_is_seeded_and_switchable(ckpt, module_and_image):
     p1, none1 = off.probabilities(image)
     p2, _ = off.probabilities(image)
     assert none1 is None and torch.equal(p1, p2)  # dropout switched off: deterministic
+
+
+def test_stack_writes_the_probabilities_of_isbi_slices_in_slice_order(ckpt, tmp_path, data_dir):
+    """ISBI 2012's results format: one float32 stack; slice 2 before slice 10 although "10.png" sorts first."""
+    src = tmp_path / "slices"
+    src.mkdir()
+    for name in ("10.png", "2.png", "1.png"):
+        (src / name).write_bytes((data_dir / "isbi2012" / "test" / "images" / name).read_bytes())
+    out = tmp_path / "out"
+    cfg = compose_cfg([f"ckpt_path={ckpt}", f"input={src}", f"output={out}", "stack=true", "overlay=false",
+                       "progress=false", "device=cpu"], out, config_name="predict", data_dir=data_dir)
+    report = run_predict(cfg)
+    assert report.errors == []
+    stack = tifffile.imread(out / "probabilities.tif")
+    assert stack.shape == (3, 512, 512) and stack.dtype == np.float32
+    for z, stem in enumerate(("1", "2", "10")):
+        np.testing.assert_array_equal(stack[z], tifffile.imread(out / f"{stem}_prob.tif"))
+    # an image of another size cannot join the stack: an error row names it, no stack is written
+    Image.fromarray(np.zeros((64, 64), np.uint8) + 100).save(src / "3.png")
+    out2 = tmp_path / "out2"
+    cfg2 = compose_cfg([f"ckpt_path={ckpt}", f"input={src}", f"output={out2}", "stack=true", "overlay=false",
+                        "progress=false", "device=cpu"], out2, config_name="predict", data_dir=data_dir)
+    report2 = run_predict(cfg2)
+    assert not (out2 / "probabilities.tif").exists()
+    assert any("3_prob.tif" in e["error"] and "one size" in e["error"] for e in report2.errors)
+    assert "probabilities.tif" in read_csv(out2 / "errors.csv")[0]["file"]
+    with pytest.raises(ConfigError, match="stack=true with shard"):
+        run_predict(compose_cfg([f"ckpt_path={ckpt}", f"input={src}", f"output={out2}", "stack=true",
+                                 "shard=0/2"], out2, config_name="predict", data_dir=data_dir))

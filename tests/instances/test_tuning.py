@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nucseg.instances.tuning import score_settings, tune_postprocess
+from nucseg.instances.watershed import probs_to_instances
 from nucseg.models.module import load_module
 from nucseg.train import train
 
@@ -69,3 +70,34 @@ def test_postprocess_auto_tunes_at_test_and_nucseg_tune_rewrites_the_checkpoint(
     hp2 = torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["postprocess"]
     assert hp2["threshold"] in (0.2, 0.5, 0.9) and hp2["tuned"]["n_val_images"] == 2
     assert (tmp_path / "tune" / "tune.json").is_file()
+
+
+def _three_cells_with_a_weak_membrane() -> tuple[np.ndarray, np.ndarray]:
+    """EM-like labels: three cells tiling a 40x60 image between 2-px membranes (label 0), and an interior
+    probability of 0.8 in the cells, 0.1 on the membranes except a gap of 0.55 in the membrane between cells 1
+    and 2 (a threshold of 0.5 merges them)."""
+    labels = np.zeros((40, 60), np.int32)
+    labels[:, :19], labels[:, 21:39], labels[:, 41:] = 1, 2, 3
+    probs = np.where(labels > 0, 0.8, 0.1).astype(np.float32)[None]
+    probs[0, 18:22, 19:21] = 0.55
+    return probs, labels
+
+
+def test_rand_objective_tunes_threshold_and_growth_of_cells_over_membranes():
+    probs, labels = _three_cells_with_a_weak_membrane()
+    base = {"method": "cc", "threshold": 0.5, "min_size": 10, "fill_holes": True, "grow": False,
+            "objective": "rand_f"}
+    merged = probs_to_instances(probs, **base)
+    assert merged.max() == 2  # cells 1 and 2 joined through the gap
+    result = tune_postprocess([probs], [labels], base)
+    assert result.objective == "rand_f" and result.base_score < 0.8
+    # above the gap's 0.55 the cells separate; growing them over the membranes costs nothing here (the truth's
+    # membranes are not scored), and the gap pixels of the truth's cells are no longer predicted background
+    assert result.settings["threshold"] > 0.55 and result.score == pytest.approx(1.0)
+    assert result.settings["grow"] in (False, True) and isinstance(result.settings["grow"], bool)
+    summary = result.summary()
+    assert summary["val_rand_f"] == pytest.approx(1.0) and summary["val_rand_f_base"] == result.base_score
+    grown = probs_to_instances(probs, **{**result.settings, "grow": True})
+    assert (grown > 0).all() and grown.max() == 3  # every pixel belongs to one of the three cells
+    with pytest.raises(ValueError, match="postprocess.objective"):
+        tune_postprocess([probs], [labels], {**base, "objective": "dice"})
