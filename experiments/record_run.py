@@ -1,6 +1,6 @@
 """Copy what a finished training run wrote into `experiments/results/<name>/`, so a results-table row has its
 evidence in the repository: the command (overrides), the machine, the wall time from the run's own log, the
-metrics, the per-image tables and the figures the run drew.
+metrics, the per-image tables and the figures the run drew (a PNG over 500 kB as a 256-colour palette PNG).
 
     python experiments/record_run.py outputs/cpu/runs/<timestamp> cpu_preset_cpu [--note "..."]
 
@@ -55,6 +55,21 @@ def log_span(run_dir: Path) -> tuple[datetime, datetime]:
     return min(stamps), max(stamps)
 
 
+def shrink_png(path: Path, limit: int = 500_000) -> bool:
+    """Keep the repository small: a PNG over `limit` bytes is rewritten with a 256-colour palette (figures, not
+    data: the colours of overlays and plots survive). True when the file was rewritten."""
+    from PIL import Image
+
+    if path.stat().st_size <= limit:
+        return False
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    tmp = path.with_suffix(".tmp.png")
+    small.save(tmp, optimize=True)
+    os.replace(tmp, path)
+    return True
+
+
 def machine_words() -> str:
     """This host in words, with the CPU model and whether it has AVX512-BF16 (the fast kind) or not."""
     model, bf16 = platform.machine(), False
@@ -93,6 +108,7 @@ def main() -> None:
     if redraw:
         save_figure(training_curves_figure(*histories_from_csv(run / "csv" / "metrics.csv")),
                     dest / "training_curves.png")
+    reduced = [p.name for p in sorted(dest.glob("*.png")) if shrink_png(p)]
     metrics = json.loads((run / "metrics.json").read_text())
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     start, end = log_span(run)
@@ -105,6 +121,7 @@ def main() -> None:
         "wall_min_from_log": round((end - start).total_seconds() / 60, 1),
         "metrics": {k: metrics[k] for k in TABLE if k in metrics},
         "note": args.note,
+        "figures_reduced_to_256_colours": reduced,
     }
     atomic_write_text(dest / "record.json", json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -73,17 +73,57 @@ def test_loss_options(make_cfg, option):
     assert value.ndim == 0 and torch.isfinite(value)
 
 
+# what each option must build: the optimizer's exact class and learning rate, the scheduler's exact class
+OPTIMIZERS = {"adamw": (torch.optim.AdamW, 1e-3), "amsgrad": (torch.optim.Adam, 1e-3), "sgd": (torch.optim.SGD, 1e-2)}
+SCHEDULERS = {"cosine": torch.optim.lr_scheduler.CosineAnnealingLR, "none": None,
+              "onecycle": torch.optim.lr_scheduler.OneCycleLR, "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau,
+              "step": torch.optim.lr_scheduler.StepLR}
+
+
+def configured_optimizer(cfg) -> tuple[torch.optim.Optimizer, object]:
+    """(optimizer, scheduler or None) as Lightning gets them from the module built from `cfg`."""
+    module = build_module(cfg)
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()  # what configure_optimizers reads
+    out = module.configure_optimizers()
+    if isinstance(out, dict):
+        return out["optimizer"], out["lr_scheduler"]["scheduler"]
+    return out, None
+
+
+def test_every_optimizer_and_scheduler_option_has_its_expected_build():
+    assert set(options("optimizer")) == set(OPTIMIZERS) and set(options("scheduler")) == set(SCHEDULERS)
+
+
 @pytest.mark.parametrize("option", options("optimizer"))
 @pytest.mark.parametrize("sched", options("scheduler"))
 def test_optimizer_and_scheduler_options(make_cfg, option, sched):
     cfg = make_cfg([f"optimizer={option}", f"scheduler={sched}"], fast=False)
-    module = build_module(cfg)
-    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()  # what configure_optimizers reads
-    out = module.configure_optimizers()
-    optimizer = out["optimizer"] if isinstance(out, dict) else out
-    assert isinstance(optimizer, torch.optim.Optimizer)
-    if sched != "none":
-        assert out["lr_scheduler"]["scheduler"] is not None
+    optimizer, scheduler = configured_optimizer(cfg)
+    cls, lr = OPTIMIZERS[option]
+    assert type(optimizer) is cls and optimizer.defaults["lr"] == pytest.approx(lr)
+    assert optimizer.defaults.get("amsgrad", False) is (option == "amsgrad")
+    assert (type(scheduler) if scheduler is not None else None) is SCHEDULERS[sched]
+
+
+# the run's callbacks in order: evaluation callbacks read what tuning stored, the report reads what they add
+DEFAULT_CALLBACKS = ["ModelCheckpoint", "ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "RichProgressBar",
+                     "WandbSegmentationImages", "PostprocessTuning", "InstanceMetrics", "RegionScores",
+                     "UncertaintyEvaluation", "WandbUncertaintyHeatmaps", "ProgressSnapshots", "ReportFigures"]
+PRESET_CALLBACKS = [c for c in DEFAULT_CALLBACKS if c != "EarlyStopping"]  # budgeted presets stop on time
+
+
+@pytest.mark.parametrize(("overrides", "callbacks", "optimizer", "lr", "scheduler"), [
+    ([], DEFAULT_CALLBACKS, torch.optim.Adam, 1e-3, torch.optim.lr_scheduler.CosineAnnealingLR),
+    (["experiment=cpu"], PRESET_CALLBACKS, torch.optim.Adam, 3e-3, torch.optim.lr_scheduler.OneCycleLR),
+    (["experiment=isbi_cpu"], PRESET_CALLBACKS, torch.optim.Adam, 3e-3, torch.optim.lr_scheduler.OneCycleLR),
+])
+def test_default_and_preset_callback_order_optimizer_lr_and_scheduler(make_cfg, overrides, callbacks, optimizer,
+                                                                       lr, scheduler):
+    cfg = make_cfg(overrides, fast=False)
+    assert [type(c).__name__ for c in instantiate_callbacks(cfg.callbacks, has_logger=True)] == callbacks
+    opt, sched = configured_optimizer(cfg)
+    assert type(opt) is optimizer and opt.defaults["amsgrad"] is True and opt.defaults["lr"] == pytest.approx(lr)
+    assert type(sched) is scheduler
 
 
 # the strategy each trainer option must give (accelerator and devices are forced to one CPU here)

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from nucseg.models.module import load_module
-from tests.helpers.paths import PROJECT_ROOT
+from tests.helpers.cli import cli_env, run_module
 
 
 def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "nucseg.train", *args], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_module("nucseg.train", *args, env=cli_env(**(env_extra or {})), timeout=timeout)
 
 
 def test_train_cli_debug_limit_writes_metrics_and_checkpoint(tmp_path, data_dir, cache_dir):

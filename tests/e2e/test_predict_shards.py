@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ from nucseg.predict import run_predict
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.validate import check_config
 from tests.helpers.checkpoints import save_checkpoint
+from tests.helpers.cli import run_module
 from tests.helpers.config import compose_cfg
-from tests.helpers.paths import PROJECT_ROOT
 
 N_GOOD = 5
 
@@ -152,14 +151,9 @@ def test_bad_shard_is_one_line(tmp_path, ckpt, good_dir, value):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    for var in ("NUCSEG_FULL_ERROR", "HYDRA_FULL_ERROR"):
-        env.pop(var, None)
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags (e.g. -m) before every override
     overrides = [a for a in args if not a.startswith("-")]
-    return subprocess.run([sys.executable, "-m", "nucseg.predict", *flags, "progress=false", "device=cpu",
-                           *overrides],
-                          capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300)
+    return run_module("nucseg.predict", *flags, "progress=false", "device=cpu", *overrides)
 
 
 def test_cli_multirun_shards_and_merge(ckpt, mixed_dir, clean, tmp_path):

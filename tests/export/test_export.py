@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from nucseg.export.network import read_torchscript_metadata
 from nucseg.models.module import load_module
 from nucseg.utils.errors import ConfigError
 from tests.helpers.checkpoints import train_tiny_checkpoint
-from tests.helpers.paths import PROJECT_ROOT
+from tests.helpers.cli import run_module
 
 NEEDS_EXTRA = "needs the `export` extra: pip install -c requirements/constraints.txt -e '.[export]'"
 
@@ -168,9 +167,7 @@ def test_a_model_trained_with_clahe_is_refused(ckpt, image_file, tmp_path):
 
 
 def run_export_cli(*args: str, log_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.run([sys.executable, "-m", "nucseg.export", f"hydra.run.dir={log_dir}", *args],
-                          capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300)
+    return run_module("nucseg.export", f"hydra.run.dir={log_dir}", *args)
 
 
 def test_cli_exports_and_refuses_bad_requests_in_one_line(ckpt, tmp_path):

@@ -24,6 +24,7 @@ from nucseg.instances.watershed import probs_to_instances
 from nucseg.models.module import load_module
 from nucseg.utils.errors import CheckpointError, ConfigError
 from tests.helpers.checkpoints import train_tiny_checkpoint
+from tests.helpers.cli import run_module
 from tests.helpers.paths import PROJECT_ROOT
 
 
@@ -45,9 +46,7 @@ def predictor(ckpt) -> nucseg.Predictor:
 
 
 def run_predict_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.run([sys.executable, "-m", "nucseg.predict", "progress=false", *args], capture_output=True,
-                          text=True, cwd=PROJECT_ROOT, env=env, timeout=300)
+    return run_module("nucseg.predict", "progress=false", *args)
 
 
 def read_csv(path: Path) -> list[dict]:

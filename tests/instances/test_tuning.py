@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -47,7 +48,13 @@ def test_postprocess_auto_tunes_at_test_and_nucseg_tune_rewrites_the_checkpoint(
     cfg = make_cfg(["logger=csv", "model=unet", "model.classes=3", "data.targets=instance", "postprocess=auto"])
     metrics = train(cfg)
     assert "tune/val_dsb_score" in metrics and "test/dsb_score_untuned" in metrics
-    assert metrics["tune/val_dsb_score"] >= metrics["tune/val_dsb_score_base"]
+    # the chosen score is the best trial's, the base score the first trial's (the settings as configured), and
+    # the stored threshold that of the best trial (the earliest among equals)
+    trials = json.loads((tmp_path / "postprocess_tuning.json").read_text())["trials"]
+    scores = [t["score"] for t in trials]
+    assert metrics["tune/val_dsb_score"] == pytest.approx(max(scores), rel=1e-6)
+    assert metrics["tune/val_dsb_score_base"] == pytest.approx(scores[0], rel=1e-6)
+    assert metrics["tune/threshold"] == pytest.approx(trials[scores.index(max(scores))]["threshold"], rel=1e-6)
     best = metrics["best_model_path"]
     hp = torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["postprocess"]
     # logged metrics pass through float32

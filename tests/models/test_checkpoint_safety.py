@@ -5,8 +5,6 @@ code from the file runs. The checkpoints are crafted (`tests.helpers.checkpoints
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from nucseg.models.targets import disallowed_entries, find_targets, is_allowed_t
 from nucseg.utils.errors import CheckpointError
 from tests.helpers.checkpoints import CONV_NET as CONV
 from tests.helpers.checkpoints import save_checkpoint
-from tests.helpers.paths import PROJECT_ROOT
+from tests.helpers.cli import run_module
 
 
 class RunsCode:
@@ -111,15 +109,11 @@ def test_bad_checkpoints_raise_one_line_and_run_no_code(crafted, marker, case):
 def test_cli_refuses_bad_checkpoints_with_exit_2_and_one_line(crafted, marker, tmp_path, dsb_root):
     image = next(p for p in sorted(dsb_root.iterdir()) if p.is_dir()) / "images"
     image = next(image.iterdir())
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    env.pop("NUCSEG_FULL_ERROR", None)
-    env.pop("HYDRA_FULL_ERROR", None)
     for case in ("shutil.copy", "reduce hook", "text file", "weights"):
         path, expected = crafted[case]
         out = tmp_path / f"out-{case.replace(' ', '-')}"
-        proc = subprocess.run([sys.executable, "-m", "nucseg.predict", f"ckpt_path={path}", f"input={image}",
-                               f"output={out}", "progress=false", "device=cpu"], capture_output=True, text=True,
-                              cwd=PROJECT_ROOT, env=env, timeout=300)
+        proc = run_module("nucseg.predict", f"ckpt_path={path}", f"input={image}", f"output={out}",
+                          "progress=false", "device=cpu")
         text = proc.stdout + proc.stderr
         assert proc.returncode == 2 and "Traceback" not in text, f"{case}: {text[-2000:]}"
         assert len([ln for ln in text.splitlines() if expected in ln]) == 1, f"{case}: {text[-2000:]}"

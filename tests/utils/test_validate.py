@@ -3,9 +3,6 @@ one line naming the key, the value and what is expected, and exit status 2, from
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ from PIL import Image
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.validate import RULES, check_config, violations
 from tests.helpers.checkpoints import save_checkpoint
+from tests.helpers.cli import cli_env, run_module
 from tests.helpers.config import compose_cfg
 from tests.helpers.paths import PROJECT_ROOT
 
@@ -50,7 +48,13 @@ def test_shipped_configs_pass(tmp_path, name):
 def test_good_predict_settings_pass(tmp_path, ckpt, input_dir):
     cfg = predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={input_dir}", f"output={tmp_path / 'out'}", "tile=64",
                       "overlap=0", "uncertainty.samples=3", "postprocess.threshold=0.4", "device=cuda:1")
-    check_config(cfg, "predict")
+    assert violations(cfg, "predict") == []
+    check_config(cfg, "predict")  # raises on the first violation
+    # the same settings with one bad value: exactly that key is named
+    bad = predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={input_dir}", f"output={tmp_path / 'out'}", "tile=64",
+                      "overlap=0", "uncertainty.samples=3", "postprocess.threshold=0.4", "device=cuda:x")
+    found = violations(bad, "predict")
+    assert len(found) == 1 and found[0].startswith("device='cuda:x': expected"), found
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -92,13 +96,7 @@ def test_paths_and_train_keys(tmp_path, ckpt, input_dir):
 
 # ------------------------------------------------------------------ from the command line
 def run_cli(module: str, *args: str, full_error: bool = False) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    for var in ("NUCSEG_FULL_ERROR", "HYDRA_FULL_ERROR"):
-        env.pop(var, None)
-    if full_error:
-        env["HYDRA_FULL_ERROR"] = "1"
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=PROJECT_ROOT,
-                          env=env, timeout=300)
+    proc = run_module(module, *args, env=cli_env(full_error=full_error))
     return proc.returncode, proc.stdout + proc.stderr
 
 
