@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         res = run(cfg, args, device)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    res["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     res["config"] = {"overrides": list(args.overrides), "workers": args.workers, "device": str(device),
                      "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                      "python": sys.version.split()[0]}

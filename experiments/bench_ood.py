@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -90,6 +92,7 @@ def main() -> None:
     result["score_alone_ms"] = 1000 * (time.perf_counter() - start) / 200
     print(f"the k-NN score alone: {result['score_alone_ms']:.3f} ms per image", flush=True)
     if args.out:
+        result = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), **result}
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
 
 

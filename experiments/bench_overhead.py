@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     from nucseg.data.io import atomic_write_text
 
+    results = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), **results}
     atomic_write_text(out, json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
     return results

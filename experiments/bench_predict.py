@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -252,7 +253,8 @@ def main() -> None:
             rows.append(case(f"{len(ids)} stage1_train images", args.ckpt, folder, work))
         if args.mem_size:
             rows.append(peak_memory(args.ckpt, args.mem_size, work))
-    result = {"ckpt": str(args.ckpt), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+    result = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "ckpt": str(args.ckpt),
+              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "rows": rows}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ import copy
 import itertools
 import json
 import os
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,7 +87,8 @@ def main() -> None:
                          "speedup": round(rows[0]["step_s"] / s, 2) if rows else 1.0})
             print(f"{name:<55} {s:.3f} s/step  x{rows[-1]['speedup']:.2f}", flush=True)
     if args.out:
-        record = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), **cpu_info(),
+        record = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+                  "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), **cpu_info(),
                   "rows": rows,
                   "probe_s": probe, "auto_after_probe": auto}
         atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
