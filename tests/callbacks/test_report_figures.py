@@ -10,8 +10,10 @@ from PIL import Image
 
 from nucseg.train import train
 from nucseg.viz.report import histories_from_csv
+from tests.helpers.marks import LONG_RUN
 
 
+@LONG_RUN
 def test_run_writes_figures_and_ranked_csv(make_cfg, tmp_path):
     cfg = make_cfg(["trainer.max_epochs=2", "trainer.limit_test_batches=3"])
     metrics = train(cfg)

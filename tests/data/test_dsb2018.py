@@ -42,8 +42,8 @@ def test_source_load_gives_rgb_uint8_and_labels(dsb_root, tmp_path):
     assert labels.max() == len(list((dsb_root / rid / "masks").glob("*.png")))
 
 
-def test_records_group_imaging_types(dsb_root, tmp_path):
-    src = DSB2018Source(dsb_root, index_dir=tmp_path)
+def test_records_group_imaging_types(dsb_root, cache_dir):
+    src = DSB2018Source(dsb_root, index_dir=cache_dir)  # the session's index: built by its first reader
     records = src.records()
     n_present = sum((d / "images" / f"{d.name}.png").is_file() for d in dsb_root.iterdir())
     assert len(records) == n_present > 600  # 664 here, 670 in the public downloads
@@ -51,7 +51,7 @@ def test_records_group_imaging_types(dsb_root, tmp_path):
     # the published make-up of stage1_train: mostly fluorescence, about a sixth stained tissue, a few brightfield
     assert counts["fluorescence"] > 500 and 80 < counts["stained"] < 130 and 5 < counts["brightfield"] < 30
     assert sum(counts.values()) == len(records)
-    assert (tmp_path / f"{src.name}-index.json").is_file()  # second call reads the index
+    assert (cache_dir / f"{src.name}-index.json").is_file()  # second call reads the index
     assert src.records() == records
 
 
@@ -93,8 +93,8 @@ def test_memory_cache_reads_each_record_once_within_its_budget(dsb_root, tmp_pat
     assert np.array_equal(image, image2) and np.array_equal(labels, labels2)
 
 
-def test_split_is_deterministic_disjoint_and_stratified(dsb_root, tmp_path):
-    records = DSB2018Source(dsb_root, index_dir=tmp_path).records()
+def test_split_is_deterministic_disjoint_and_stratified(dsb_root, cache_dir):
+    records = DSB2018Source(dsb_root, index_dir=cache_dir).records()  # the session's index (built once)
     a = stratified_split(records, 0.1, 0.1, seed=42)
     b = stratified_split(list(reversed(records)), 0.1, 0.1, seed=42)
     c = stratified_split(records, 0.1, 0.1, seed=7)

@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from tests.helpers.marks import LONG_RUN
 from tests.helpers.train_cli import LEAN, run_train, train_env
 
 NO_SANITY = "trainer.num_sanity_val_steps=0"
@@ -15,6 +16,7 @@ DDP = ["trainer=ddp_cpu", "trainer.devices=2",
        "trainer.strategy.find_unused_parameters=true"]
 
 
+@LONG_RUN
 def test_two_process_cpu_ddp_matches_single_process_keys(tmp_path, cache_dir, data_dir):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     # default callbacks: the evaluation callbacks' test-time logging must work across ranks too
@@ -52,6 +54,7 @@ def test_two_process_cpu_ddp_matches_single_process_keys(tmp_path, cache_dir, da
     assert all(torch.equal(model["state_dict"][k], best["state_dict"][k]) for k in best["state_dict"])
 
 
+@LONG_RUN
 def test_ddp_inside_multirun_gives_each_job_its_ranks(tmp_path, cache_dir, data_dir):
     """`-m` + trainer=ddp: each job launches its own rank 1 into its own directory (nucseg.utils.run)."""
     sweep = tmp_path / "sweep"

@@ -6,9 +6,11 @@ import json
 
 import yaml
 
+from tests.helpers.marks import LONG_RUN
 from tests.helpers.train_cli import LEAN, run_train
 
 
+@LONG_RUN
 def test_two_job_multirun_gives_separate_outputs_and_wandb_runs(tmp_path, cache_dir, data_dir):
     sweep = tmp_path / "sweep"
     run_train(*LEAN, "loss=bce_dice,dice", "logger=wandb", "test=false", f"hydra.sweep.dir={sweep}",

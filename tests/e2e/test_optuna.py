@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from nucseg.train import objective
+from tests.helpers.marks import LONG_RUN
 from tests.helpers.train_cli import LEAN, run_train
 
 
+@LONG_RUN
 def test_two_trial_optuna_sweep_maximises_val_dice(tmp_path, cache_dir, data_dir):
     sweep = tmp_path / "sweep"
     run_train(*LEAN, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",

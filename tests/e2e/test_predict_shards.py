@@ -22,6 +22,7 @@ from nucseg.utils.validate import check_config
 from tests.helpers.checkpoints import save_checkpoint
 from tests.helpers.cli import run_module
 from tests.helpers.config import compose_cfg
+from tests.helpers.marks import LONG_RUN
 
 N_GOOD = 5
 
@@ -156,6 +157,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return run_module("nucseg.predict", *flags, "progress=false", "device=cpu", *overrides)
 
 
+@LONG_RUN
 def test_cli_multirun_shards_and_merge(ckpt, mixed_dir, clean, tmp_path):
     """`-m shard=0/2,1/2` (what the SLURM launcher runs, one job per shard), then `merge=true output=...`."""
     out = tmp_path / "out"

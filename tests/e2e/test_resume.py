@@ -21,6 +21,7 @@ from nucseg.utils.resume import (
     resolve_ckpt_path,
     wandb_run_id,
 )
+from tests.helpers.marks import LONG_RUN
 from tests.helpers.paths import PROJECT_ROOT
 from tests.helpers.train_cli import LEAN, run_train, train_cmd, train_env
 
@@ -51,6 +52,7 @@ def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, timeout: f
     pytest.fail(f"no mid-epoch {last} within {timeout} s")
 
 
+@LONG_RUN
 def test_sigkill_mid_epoch_then_resume_with_ckpt_path_last(tmp_path, cache_dir, data_dir):
     run_dir = tmp_path / "run"
     cmd = train_cmd(*RESUMABLE, f"hydra.run.dir={run_dir}", cache_dir=cache_dir)

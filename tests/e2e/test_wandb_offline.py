@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from nucseg.train import train
 from nucseg.utils.run import finish_wandb
+from tests.helpers.marks import LONG_RUN
 
 
+@LONG_RUN
 def test_unetpp_wandb_offline_run_has_metrics_and_images(make_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -20,6 +20,7 @@ from nucseg.metrics.dsb_score import (
     instance_scores,
     iou_matrix,
 )
+from tests.helpers.marks import LONG_RUN
 
 
 def brute_force_iou(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -206,7 +207,7 @@ def test_real_label_maps_score_one_against_themselves(dsb_root):
         assert dsb_score_image(labels, drop_last_nucleus(labels)) == pytest.approx((n - 1) / n)
 
 
-@pytest.mark.slow
+@LONG_RUN
 def test_all_dsb2018_ground_truth_scores(dsb_root):
     """All label maps of stage1_train: self 1.0, one nucleus dropped (n-1)/n, a 2-px shift equal to the brute force."""
     from nucseg.data.dsb2018 import DSB2018Source

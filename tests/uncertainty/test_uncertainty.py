@@ -36,6 +36,7 @@ from nucseg.uncertainty.scores import (
     spearman,
     youden_threshold,
 )
+from tests.helpers.marks import LONG_RUN
 
 
 def _samples(values) -> torch.Tensor:
@@ -305,6 +306,7 @@ def test_validation_and_test_passes_are_deterministic_for_an_mc_dropout_model():
 
 
 # --------------------------------------------------------------------------- end to end
+@LONG_RUN
 def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch, dsb_root,
                                                                     cache_dir):
     from nucseg.train import train
@@ -427,6 +429,7 @@ def test_ensemble_members_load_from_checkpoint_globs(tmp_path):
         checkpoint_paths([str(tmp_path / "missing*.ckpt")])
 
 
+@LONG_RUN
 def test_plain_model_is_a_no_op_and_tta_and_ensemble_run_through_the_test_callback(tmp_path, data_dir, cache_dir):
     from nucseg.train import train
     from tests.helpers.config import FAST_OVERRIDES, compose_cfg

@@ -11,6 +11,7 @@ import torch
 from nucseg.train import train
 from nucseg.utils.budget import plan_schedule, process_elapsed, run_elapsed
 from nucseg.utils.errors import ConfigError
+from tests.helpers.marks import LONG_RUN
 
 
 def test_plan_schedule_fills_the_time_with_whole_epochs_and_even_validations():
@@ -46,6 +47,7 @@ def test_a_run_in_a_long_lived_process_counts_from_its_own_start():
     assert run_elapsed(started - 5.0) >= 5.0 and abs(run_elapsed(None) - process_elapsed()) < 0.05  # /proc: 10 ms ticks
 
 
+@LONG_RUN
 def test_budgeted_run_plans_from_measurements_and_ends_in_time(make_cfg, tmp_path):
     # max_steps caps the plan at 16 steps, 4 epochs of 4, so the test stays short on a fast machine
     cfg = make_cfg(["logger=csv", "budget.minutes=6", "budget.validations=2", "data.samples_per_epoch=8",
