@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from nucseg.callbacks.scoring import ScoringCallback
 from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 from nucseg.metrics.dsb_score import DSBScore
 from nucseg.metrics.pixel import dice_score
@@ -32,14 +33,14 @@ def output_channels(pl_module: L.LightningModule) -> int:
     return int((pl_module.hparams.get("net") or {}).get("classes", 1))
 
 
-class InstanceMetrics(L.Callback):
+class InstanceMetrics(ScoringCallback):
     """Log `<stage>/dsb_score`, `<stage>/ap50`, `<stage>/count_error` (and `*_cc` for comparison) and keep
     one row per labelled test image in `rows` (id, dsb_score, ap50, count_error, n_true, n_pred, dice, and the
     `*_cc` columns when compared). In DDP each process keeps the rows of its own images."""
 
     def __init__(self, compare_cc: bool = True, on_validation: bool = False):
+        super().__init__()
         self.compare_cc, self.on_validation = compare_cc, on_validation
-        self.rows: list[dict[str, Any]] = []
         self._metrics: dict[str, DSBScore] = {}
 
     # ----------------------------------------------------------------- shared
@@ -90,29 +91,5 @@ class InstanceMetrics(L.Callback):
             for name, value in values.items():
                 pl_module.log(f"{stage}/{name}{suffix}", value, batch_size=1)
 
-    # ----------------------------------------------------------------- test
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows = []
-        self._start(pl_module)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.rows += self._update(pl_module, outputs, batch)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log(pl_module, "test")
-
-    # ----------------------------------------------------------------- validation (off by default)
-    def _validating(self, trainer: L.Trainer) -> bool:
-        return self.on_validation and not trainer.sanity_checking
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._validating(trainer):
-            self._start(pl_module)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._validating(trainer):
-            self._update(pl_module, outputs, batch)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._validating(trainer):
-            self._log(pl_module, "val")
+    def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._log(pl_module, stage)

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryConfusionMatrix
 
+from nucseg.callbacks.scoring import ScoringCallback
 from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 from nucseg.metrics.regions import REGION_KEYS, pixel_error, region_scores
 from nucseg.utils.run import wandb_experiments
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 CONFUSION_KEYS = (("tn", 0, 0), ("fp", 0, 1), ("fn", 1, 0), ("tp", 1, 1))
 
 
-class RegionScores(L.Callback):
+class RegionScores(ScoringCallback):
     """`regions`: also score the post-processed regions (Rand / VI): true, false or "auto" (when the module's
     `postprocess.objective` is rand_f); `on_validation`: also at validation; `class_names`: the two classes as
     the figure names them (background first)."""
@@ -48,10 +49,10 @@ class RegionScores(L.Callback):
             raise ValueError(f"callbacks.region_scores.class_names: expected two names, got {list(class_names)}")
         if regions not in (True, False, "auto"):
             raise ValueError(f"callbacks.region_scores.regions: expected true, false or auto, got {regions!r}")
+        super().__init__()
         self.regions, self.on_validation = regions, on_validation
         self._regions = False
         self.class_names, self.dirname = tuple(class_names), dirname
-        self.rows: list[dict[str, Any]] = []
         self._confusion: BinaryConfusionMatrix | None = None
         self._means: dict[str, MeanMetric] = {}
 
@@ -123,34 +124,10 @@ class RegionScores(L.Callback):
         for run in runs:
             run.log({f"{stage}/confusion_matrix": image, "trainer/global_step": trainer.global_step})
 
-    # ----------------------------------------------------------------- test
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows = []
-        self._start(pl_module)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.rows += self._update(pl_module, outputs, batch)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rates = self._finish(trainer, pl_module, "test")
-        if rates is not None and trainer.is_global_zero:
+    def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        rates = self._finish(trainer, pl_module, stage)
+        if stage == "test" and rates is not None and trainer.is_global_zero:
             from nucseg.viz.report import confusion_matrix_figure, save_figure
 
             path = Path(trainer.default_root_dir) / self.dirname / "confusion_matrix.png"
             save_figure(confusion_matrix_figure(rates, self.class_names), path)
-
-    # ----------------------------------------------------------------- validation
-    def _validating(self, trainer: L.Trainer) -> bool:
-        return self.on_validation and not trainer.sanity_checking
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._validating(trainer):
-            self._start(pl_module)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._validating(trainer):
-            self._update(pl_module, outputs, batch)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._validating(trainer):
-            self._finish(trainer, pl_module, "val")
