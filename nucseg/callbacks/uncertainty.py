@@ -66,8 +66,8 @@ from nucseg.uncertainty.perturb import perturbed_copy
 from nucseg.uncertainty.review import (
     ReviewThreshold,
     choose_review_threshold,
+    needs_review,
     ood_threshold,
-    review_reason,
     uncertainty_metrics,
 )
 from nucseg.utils.checkpoint import update_checkpoint_hparams
@@ -299,9 +299,8 @@ class UncertaintyEvaluation(L.Callback):
         det = deterministic_probs(pl_module, batch, outputs)
         for i, row in enumerate(self._evaluate(pl_module, batch, det, unlike_all)):
             mean, heat, true = row.pop("_maps")
-            low, unlike = bool(row["certainty"] < self.review_threshold), unlike_all[i]
-            row.update(ood_score=ood[i], unlike_training=unlike, needs_review=low or unlike,
-                       review_reason=review_reason(low, unlike))
+            flagged, reason = needs_review(row["certainty"], self.review_threshold, unlike_all[i])
+            row.update(ood_score=ood[i], unlike_training=unlike_all[i], needs_review=flagged, review_reason=reason)
             self.rows.append(row)
             if i == 0 and isinstance(outputs, dict):  # for later callbacks (report figures); test batches hold 1
                 outputs["uncertainty"], outputs["certainty"] = heat.detach().float().cpu(), row["certainty"]

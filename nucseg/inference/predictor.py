@@ -31,7 +31,7 @@ from nucseg.inference.tta import tta_mean
 from nucseg.metrics.calibration import image_temperature
 from nucseg.models.module import SegmentationModule, load_module
 from nucseg.uncertainty.ood import FeatureDensity, FeatureTap
-from nucseg.uncertainty.review import review_reason
+from nucseg.uncertainty.review import needs_review
 from nucseg.utils.errors import CheckpointError
 
 __all__ = ["Prediction", "Predictor", "resolve_device"]
@@ -245,7 +245,7 @@ class Predictor:
         pred = Prediction(labels=labels, probs=probs_np, image=prepared,
                           nuclei=measure_instances(labels, _drop_alpha(raw)),
                           nonfinite_pixels=check.nonfinite_pixels, warning=check.warning)
-        low = False
+        thr = None
         if samples is not None:
             from nucseg.uncertainty.scores import LEGACY_SCORE, image_scores, pixel_uncertainty
 
@@ -254,18 +254,15 @@ class Predictor:
             score = str((self.uncertainty or {}).get("score", LEGACY_SCORE))
             pred.certainty = float(image_scores(samples, float(self.module.threshold))[score][0])
             thr = self.review_threshold()
-            if thr is not None:
-                low = pred.certainty < thr
-                pred.needs_review, pred.review_threshold = low, thr
+            pred.review_threshold = thr
         if self.density is not None and feats is not None:
             pred.ood_score = float(self.density.score(feats)[0])
             pred.unlike_training = pred.ood_score > self.ood_threshold
             pred.ood_threshold = float(self.ood_threshold)
-            pred.needs_review = bool(pred.needs_review) or pred.unlike_training
         pred.temperature = image_temperature(self.calibration, pred.unlike_training)
-        if pred.warning:  # a blank image is predicted with high "certainty": never let that pass unreviewed
-            pred.needs_review = True
-        pred.review_reason = review_reason(low, bool(pred.unlike_training), pred.warning)
+        flagged, pred.review_reason = needs_review(pred.certainty, thr, bool(pred.unlike_training), pred.warning)
+        if thr is not None or pred.unlike_training is not None or pred.warning:  # else nothing to judge by: None
+            pred.needs_review = flagged
         return pred
 
     def predict_file(self, path: str | Path) -> Prediction:

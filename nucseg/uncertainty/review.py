@@ -20,8 +20,8 @@ import numpy as np
 
 from nucseg.uncertainty.scores import budget_threshold, failure_auroc, spearman, youden_threshold
 
-__all__ = ["LOW_CERTAINTY", "UNLIKE_TRAINING", "ReviewThreshold", "choose_review_threshold", "ood_threshold",
-           "review_reason", "uncertainty_metrics"]
+__all__ = ["LOW_CERTAINTY", "UNLIKE_TRAINING", "ReviewThreshold", "choose_review_threshold", "needs_review",
+           "ood_threshold", "review_reason", "uncertainty_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,16 @@ def review_reason(low_certainty: bool, unlike_training: bool, warning: str | Non
     if warning:
         parts.append(warning)
     return "; ".join(parts)
+
+
+def needs_review(certainty: float | None, threshold: float | None, unlike_training: bool,
+                 warning: str | None = None) -> tuple[bool, str]:
+    """The review rule, the one place it is written (the test callback and `Predictor` both call it): an image
+    needs review when its certainty is below `threshold`, when it is unlike the training data, or when it
+    carries a `warning` (a blank image is predicted with high certainty). No certainty or no threshold (or a
+    NaN one) flags nothing by certainty. Returns (needs review, the reason in words, '' when not flagged)."""
+    low = certainty is not None and threshold is not None and bool(certainty < threshold)
+    return bool(low or unlike_training or warning), review_reason(low, unlike_training, warning)
 
 
 def ood_threshold(val_scores: Sequence[float] | np.ndarray, quantile: float) -> float:

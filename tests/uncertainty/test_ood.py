@@ -11,7 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from nucseg.uncertainty.ood import FeatureDensity, FeatureTap, encoder_features, pooled_features
-from nucseg.uncertainty.review import ood_threshold, review_reason
+from nucseg.uncertainty.review import needs_review, ood_threshold, review_reason
 
 
 def clusters(rng: np.random.Generator, n: int, centres: list[float], dims: int = 40) -> np.ndarray:
@@ -82,6 +82,17 @@ def test_the_tap_reads_the_features_of_the_passes_it_sees():
     assert torch.allclose(tap.features(), expected, atol=1e-5)
     assert not net.encoder._forward_hooks  # removed on exit
     assert pooled_features([torch.ones(2, 3, 4, 4)]).tolist() == [[1.0] * 3] * 2
+
+
+def test_the_review_rule_flags_low_certainty_unlike_images_and_warnings():
+    assert needs_review(0.79, 0.8, False) == (True, "low certainty")
+    assert needs_review(0.8, 0.8, False) == (False, "")  # at the threshold is not below it
+    assert needs_review(0.9, 0.8, True) == (True, "unlike the training data")
+    assert needs_review(0.1, 0.8, True) == (True, "low certainty; unlike the training data")
+    assert needs_review(0.99, 0.8, False, "constant image") == (True, "constant image")
+    # nothing to compare the certainty with: only the other two reasons flag
+    assert needs_review(0.1, None, False) == (False, "") == needs_review(None, 0.8, False)
+    assert needs_review(0.1, float("nan"), False) == (False, "")
 
 
 def test_threshold_is_the_validation_quantile_and_reasons_are_words():
