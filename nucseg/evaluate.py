@@ -26,7 +26,7 @@ from nucseg.callbacks.instance_metrics import InstanceMetrics
 from nucseg.callbacks.region_scores import RegionScores
 from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.models.module import load_module
-from nucseg.utils.config import align_data_with_checkpoint
+from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
@@ -95,7 +95,7 @@ def headline(metrics: dict[str, Any], split: str = "test") -> str:
     return f"{int(metrics.get('n_images', 0))} {split} images: " + ", ".join(parts)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from nucseg.utils.errors import friendly_errors
 

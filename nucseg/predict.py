@@ -34,6 +34,7 @@ from nucseg.inference.inputs import list_inputs, require_images, unique_stems
 from nucseg.inference.predictor import Predictor
 from nucseg.inference.shards import TABLES, merge_shards, select_shard
 from nucseg.inference.writers import write_probability_stack, write_tables
+from nucseg.utils.config import CONF_DIR
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.files import natural_key
 from nucseg.utils.validate import check_config
@@ -132,7 +133,7 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     from nucseg.utils.errors import friendly_errors
 

@@ -20,6 +20,7 @@ import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.models.module import SegmentationModule
 from nucseg.utils.budget import apply_budget, reuse_budget
 from nucseg.utils.checkpoint import MODEL_FILE, publish_model
+from nucseg.utils.config import CONF_DIR
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
@@ -112,7 +113,7 @@ def write_test_rows(path: Path, callbacks: list) -> None:
         write_per_image(path, merge_rows(tables[0], *tables[1:]))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         with friendly_errors(), hydra_job_for_ddp():

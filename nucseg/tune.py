@@ -18,7 +18,7 @@ from nucseg.data.io import atomic_write_text
 from nucseg.instances.tuning import OBJECTIVE_TITLES, TUNED_KEYS, tune_postprocess
 from nucseg.models.module import load_module
 from nucseg.utils.checkpoint import update_checkpoint_hparams
-from nucseg.utils.config import align_data_with_checkpoint
+from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.validate import check_config
 
@@ -50,7 +50,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     return tuned
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="tune")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="tune")
 def main(cfg: DictConfig) -> None:
     with friendly_errors():
         tuned = tune(cfg)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from nucseg.data.fetch import DownloadError, fetch
 from nucseg.data.io import atomic_write
+from nucseg.utils.config import root_dir
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nucseg.data.download", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("--data-dir", default=os.environ.get("NUCSEG_DATA_DIR")
-                        or str(Path(__file__).resolve().parents[2] / "data"),
-                        help="data root (default: $NUCSEG_DATA_DIR, else <repo>/data)")
+                        or str(root_dir() / "data"),
+                        help="data root (default: $NUCSEG_DATA_DIR, else data/ in the checkout or the working "
+                             "directory)")
     parser.add_argument("--parts", nargs="+", help="registered parts to fetch (default: the standard ones)")
     parser.add_argument("--url", help="download this archive/file instead of the registered sources")
     parser.add_argument("--sha256", help="expected sha256 of the (single) download")

@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.utils.config import CONF_DIR
 
 __all__ = ["default_image", "main", "run_export"]
 
@@ -49,7 +50,7 @@ def run_export(cfg: DictConfig) -> Path:
                         training_data=cfg.get("training_data"), version=str(cfg.get("version") or "0.1.0"))
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     from nucseg.utils.errors import friendly_errors
 

@@ -201,8 +201,8 @@ def _chunked_forward(net: nn.Module, x: Tensor, batch_size: int | None) -> Tenso
 # --------------------------------------------------------------------------- configuration
 def method_defaults(method: str) -> dict[str, Any]:
     """The default settings of an uncertainty method: `conf/uncertainty/_base.yaml` merged with
-    `conf/uncertainty/<method>.yaml`, the one home of these defaults (empty when nucseg runs without its
-    source tree's `conf/`; checkpoints written by `nucseg.train` carry every setting)."""
+    `conf/uncertainty/<method>.yaml` (in the source checkout or, installed, inside the package), the one home
+    of these defaults; checkpoints written by `nucseg.train` carry every setting."""
     return copy.deepcopy(_method_defaults(method))
 
 
@@ -210,9 +210,9 @@ def method_defaults(method: str) -> dict[str, Any]:
 def _method_defaults(method: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from nucseg.utils.config import PROJECT_ROOT
+    from nucseg.utils.config import CONF_DIR
 
-    folder = PROJECT_ROOT / "conf" / "uncertainty"
+    folder = CONF_DIR / "uncertainty"
     merged: dict[str, Any] = {}
     for name in ("_base", method):
         path = folder / f"{name}.yaml"

@@ -11,10 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.utils.config import CONF_DIR
 
 __all__ = ["CONF_DIR", "compose_config"]
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_config(config_name: str, overrides: Sequence[str], output_dir: str | Path,

@@ -11,7 +11,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# the configs: inside the package in an installed wheel (pyproject maps the checkout's top-level conf/ to
+# nucseg/conf), at the root of a source checkout otherwise
+CONF_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parent / "conf"
+SOURCE_CHECKOUT = CONF_DIR.parent != _PACKAGE_DIR
+
+
+def root_dir() -> Path:
+    """Where `outputs/`, `.cache/` and (by default) `data/` live: `$NUCSEG_ROOT`; else the root of a source
+    checkout; else, for an installed wheel, the working directory (never site-packages)."""
+    if os.environ.get("NUCSEG_ROOT"):
+        return Path(os.environ["NUCSEG_ROOT"]).expanduser().resolve()
+    return CONF_DIR.parent if SOURCE_CHECKOUT else Path.cwd()
 
 
 def wandb_offline() -> bool:
@@ -52,7 +64,7 @@ def align_data_with_checkpoint(cfg: DictConfig, hparams: Mapping[str, Any]) -> N
 
 def register_resolvers() -> None:
     for name, fn in {
-        "nucseg.root": lambda: str(PROJECT_ROOT),
+        "nucseg.root": lambda: str(root_dir()),
         "nucseg.wandb_offline": wandb_offline,
         "nucseg.rank_suffix": rank_suffix,
     }.items():
