@@ -7,14 +7,20 @@ on first use, so that `import nucseg.data.io` and the like do not load torch and
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("nucseg")
+except PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from nucseg.export import export_model
     from nucseg.inference.prediction import Prediction
     from nucseg.inference.predictor import Predictor
 
-__all__ = ["Prediction", "Predictor", "export_model"]
+__all__ = ["Prediction", "Predictor", "__version__", "export_model"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,7 +28,7 @@ def __getattr__(name: str) -> Any:
         from nucseg.export import export_model
 
         return export_model
-    if name in __all__:
+    if name in ("Prediction", "Predictor"):
         from nucseg.inference import predictor
 
         return getattr(predictor, name)

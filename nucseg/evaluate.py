@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.calibrate import calibrate_before_test
 from nucseg.callbacks.evaluation_writer import EvaluationWriter
 from nucseg.callbacks.instance_metrics import InstanceMetrics
 from nucseg.callbacks.region_scores import RegionScores
@@ -28,6 +30,7 @@ from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.models.module import load_module
 from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
 from nucseg.utils.errors import ConfigError
+from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
 from nucseg.utils.tables import merge_rows, write_per_image
@@ -76,6 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
+    calibrate_before_test(trainer, module, datamodule, callbacks, cfg.ckpt_path)
     trainer.test(module, datamodule=datamodule)
     metrics: dict[str, Any] = to_float_dict(trainer.callback_metrics)
     if trainer.is_global_zero:
@@ -109,4 +113,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])  # one line, not a Hydra traceback, when an override needs a missing extra
     main()

@@ -36,6 +36,7 @@ from nucseg.inference.shards import TABLES, merge_shards, select_shard
 from nucseg.inference.writers import write_probability_stack, write_tables
 from nucseg.utils.config import CONF_DIR
 from nucseg.utils.errors import ConfigError
+from nucseg.utils.extras import check_overrides
 from nucseg.utils.files import natural_key
 from nucseg.utils.validate import check_config
 
@@ -152,4 +153,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])  # one line, not a Hydra traceback, when an override needs a missing extra
     main()

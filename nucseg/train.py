@@ -7,6 +7,7 @@ Thin on purpose: every piece is chosen by config and built with `hydra.utils.ins
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -17,11 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.calibrate import calibrate_before_test
 from nucseg.models.module import SegmentationModule
 from nucseg.utils.budget import apply_budget, reuse_budget
 from nucseg.utils.checkpoint import MODEL_FILE, publish_model
 from nucseg.utils.config import CONF_DIR
 from nucseg.utils.errors import friendly_errors
+from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
 from nucseg.utils.run import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
@@ -85,6 +88,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ckpt = ckpt_path or ""
         if not ckpt:
             log.warning("no best checkpoint found; testing the current weights")
+        else:  # calibrate the weights that will be tested
+            module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+        calibrate_before_test(trainer, module, datamodule, callbacks, ckpt or None)
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
         metrics.update(to_float_dict(trainer.callback_metrics))
         if ckpt:
@@ -145,4 +151,5 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])  # one line, not a Hydra traceback, when an override needs a missing extra
     main()

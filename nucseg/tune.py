@@ -1,11 +1,12 @@
 """`python -m nucseg.tune ckpt_path=... [data=...]`: choose the post-processing on the validation split and
-store it in the checkpoint. The same search runs at the end of training with `postprocess=auto`."""
+store it in the checkpoint: the calibrate stage (`nucseg.calibrate`) with the search alone. The same search runs
+between fit and test with `postprocess=auto`."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,40 +14,40 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
-from nucseg.callbacks.postprocess_tuning import validation_probabilities
+from nucseg.calibrate import CalibrationSettings, calibrate
 from nucseg.data.io import atomic_write_text
-from nucseg.instances.tuning import OBJECTIVE_TITLES, TUNED_KEYS, tune_postprocess
+from nucseg.instances.tuning import OBJECTIVE_TITLES, TUNED_KEYS
 from nucseg.models.module import load_module
-from nucseg.utils.checkpoint import update_checkpoint_hparams
 from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
 from nucseg.utils.errors import friendly_errors
+from nucseg.utils.extras import check_overrides
 from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
+    """The calibrate stage with the post-processing search alone (`cfg.grid`: the candidates, else the search's
+    own), from the values the checkpoint had before any earlier tuning; writes tune.json."""
     check_config(cfg, "tune")
     module = load_module(cfg.ckpt_path)
     align_data_with_checkpoint(cfg, module.hparams)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup()
-    loader = datamodule.val_dataloader()
-    n = cfg.get("max_val_images")
-    probs, labels = validation_probabilities(module, itertools.islice(loader, n) if n else loader)
-    if not probs:
-        raise ValueError(f"nucseg.tune: the validation split of {cfg.data.source.get('_target_')} has no "
-                         "labelled images (check data.val_fraction)")
-    settings = {k: v for k, v in dict(module.hparams.get("postprocess") or {}).items() if k != "tuned"}
-    base = {**settings, **((module.hparams.get("postprocess") or {}).get("tuned") or {}).get("base", {})}
-    grid = OmegaConf.to_container(cfg.grid) if cfg.get("grid") else None
-    result = tune_postprocess(probs, labels, base, grid)  # type: ignore[arg-type]
-    tuned = {**{k: result.settings[k] for k in TUNED_KEYS if k in result.settings}, "tuned": result.summary()}
     out = Path(cfg.paths.output_dir)
+    grid = OmegaConf.to_container(cfg.grid) if cfg.get("grid") else None
+    settings = CalibrationSettings(run_dir=out, tune=True, tune_max_images=cfg.get("max_val_images"),
+                                   tune_grid=grid, tune_from_base=True, uncertainty=False,  # type: ignore[arg-type]
+                                   store_tuning=bool(cfg.get("store", True)))
+    try:
+        result = calibrate(module, datamodule, settings, cfg.ckpt_path)
+    except ValueError as exc:
+        raise ValueError(f"nucseg.tune: {exc} of {cfg.data.source.get('_target_')} (check data.val_fraction)"
+                         ) from exc
+    assert result.tuning is not None
+    tuned = result.updates["postprocess"]
     atomic_write_text(out / "tune.json", json.dumps({"ckpt_path": str(cfg.ckpt_path), "postprocess": tuned,
-                                                     "trials": result.trials}, indent=2) + "\n")
-    if cfg.get("store", True):
-        update_checkpoint_hparams(cfg.ckpt_path, {"postprocess": tuned})
+                                                     "trials": result.tuning.trials}, indent=2) + "\n")
     return tuned
 
 
@@ -62,4 +63,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])  # one line, not a Hydra traceback, when an override needs a missing extra
     main()

@@ -105,9 +105,10 @@ def test_optimizer_and_scheduler_options(make_cfg, option, sched):
     assert (type(scheduler) if scheduler is not None else None) is SCHEDULERS[sched]
 
 
-# the run's callbacks in order: evaluation callbacks read what tuning stored, the report reads what they add
+# the run's callbacks in order: evaluation callbacks read what tuning stored, the report reads what they add;
+# the plain progress lines for log files (ProgressLog) beside the rich bar
 DEFAULT_CALLBACKS = ["ModelCheckpoint", "ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "RichProgressBar",
-                     "WandbSegmentationImages", "PostprocessTuning", "InstanceMetrics", "RegionScores",
+                     "ProgressLog", "WandbSegmentationImages", "PostprocessTuning", "InstanceMetrics", "RegionScores",
                      "UncertaintyEvaluation", "WandbUncertaintyHeatmaps", "ProgressSnapshots", "ReportFigures"]
 PRESET_CALLBACKS = [c for c in DEFAULT_CALLBACKS if c != "EarlyStopping"]  # budgeted presets stop on time
 

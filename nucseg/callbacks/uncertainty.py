@@ -15,31 +15,20 @@ the image's certainty and marks it `needs_review` below `uncertainty.review_thre
 It also writes one row per test image to `<run>/uncertainty/test_images.csv` and heatmap panels of the first
 images to `<run>/uncertainty/heatmaps/`.
 
-`review_threshold: auto` is chosen at test start, on the validation split, with the weights being tested
-(`nucseg.uncertainty.review.choose_review_threshold`). It is logged as `val/review_threshold`, written to
-`<run>/uncertainty/review_threshold.json` and into the tested checkpoint's `uncertainty` hyper-parameters, so
-that prediction from that checkpoint flags the same images.
-
-In the same validation pass, with the same weights, two more things are fitted and stored in the checkpoint
-(`<run>/uncertainty/trust.json` records them; a checkpoint that already holds them keeps them):
-- `calibration`: temperature scaling of the foreground probability (`fit_temperature` on a fixed sample of
-  pixels of the mean MC probability): `temperature` fitted on the validation images, and with
-  `shift_calibration` (default) `temperature_unlike`, fitted on one perturbed copy of each
-  (`nucseg.uncertainty.perturb`: noise, blur, contrast, gamma, tint or inversion at a random strength) and
-  applied to images unlike the training data (`image_temperature`). One temperature for all images cannot fit
-  both: fitted on validation it leaves the confident errors on a new image type as they are, fitted on
-  validation and perturbed copies together it softens the familiar images too (`temperature_pooled`, kept for
-  the record). `test/ece_calibrated` (the rule applied), `test/ece_calibrated_val` (validation's temperature
-  everywhere) and `test/ece_calibrated_pooled` beside `test/ece`;
-- `ood`: the k-NN density of the encoder features of up to `ood.max_train_images` training images
-  (`nucseg.uncertainty.ood`) and the threshold above which an image is "unlike the training data" (the
-  `ood.quantile` of the validation images' scores). Test rows get `ood_score` and `unlike_training`;
-  `needs_review` is low certainty OR unlike the training data, `review_reason` says which.
+The review threshold, the temperatures (`calibration`) and the OOD density (`ood`) it scores with were chosen on
+the validation split by the calibrate stage (`nucseg.calibrate`), which `nucseg.train` runs between fit and test
+and `nucseg.evaluate` before its test; this callback's `max_val_images`, `store_in_checkpoint`, `calibrate`,
+`shift_calibration` and `ood` are that stage's settings (`CalibrationSettings.from_callbacks`). The callback
+itself fits nothing:
+- `test/ece_calibrated` applies the stored rule (`temperature_unlike` to images unlike the training data,
+  `temperature` to the others), `test/ece_calibrated_val` validation's temperature everywhere and
+  `test/ece_calibrated_pooled` the pooled one, beside `test/ece`;
+- test rows get `ood_score` and `unlike_training`; `needs_review` is low certainty OR unlike the training data,
+  `review_reason` says which.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -47,12 +36,11 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from nucseg.data.io import atomic_write_bytes, atomic_write_text
-from nucseg.metrics.calibration import CalibrationError, apply_temperature, fit_temperature, image_temperature
+from nucseg.data.io import atomic_write_bytes
+from nucseg.metrics.calibration import CalibrationError, apply_temperature, image_temperature
 from nucseg.uncertainty.estimate import (
     HEATMAPS,
     deterministic_probs,
@@ -61,26 +49,18 @@ from nucseg.uncertainty.estimate import (
     module_samples,
     module_settings,
 )
-from nucseg.uncertainty.ood import FeatureDensity, encoder_features
-from nucseg.uncertainty.perturb import perturbed_copy
+from nucseg.uncertainty.ood import FeatureDensity, check_ood_settings, encoder_features
 from nucseg.uncertainty.review import (
-    ReviewThreshold,
-    choose_review_threshold,
     needs_review,
-    ood_threshold,
     uncertainty_metrics,
 )
-from nucseg.utils.checkpoint import update_checkpoint_hparams
 from nucseg.utils.distributed import gather_rows, sum_states
 from nucseg.utils.files import safe_filename
-from nucseg.utils.loops import has_validation, validation_batches
 from nucseg.utils.run import wandb_experiments
 from nucseg.utils.tables import write_csv
 
 log = logging.getLogger(__name__)
 
-OOD_DEFAULTS = {"components": 8, "neighbours": 5, "max_train_images": 128, "quantile": 0.95}
-PIXELS_PER_IMAGE = 20_000  # validation pixels per image for the temperature: plenty for one parameter
 
 
 class UncertaintyEvaluation(L.Callback):
@@ -96,26 +76,10 @@ class UncertaintyEvaluation(L.Callback):
         self.num_heatmaps, self.heatmap = num_heatmaps, heatmap
         self.max_val_images, self.store_in_checkpoint = max_val_images, store_in_checkpoint
         self.calibrate, self.shift_calibration = bool(calibrate), bool(shift_calibration)
-        self.ood_cfg = {**OOD_DEFAULTS, **dict(ood)} if ood else None
-        if self.ood_cfg:  # checked here, before training, not at test start
-            unknown = set(self.ood_cfg) - set(OOD_DEFAULTS)
-            if unknown:
-                raise ValueError(f"callbacks.uncertainty.ood: unknown key(s) {sorted(unknown)}; expected "
-                                 f"{', '.join(OOD_DEFAULTS)}")
-            for key, low in (("components", 1), ("neighbours", 1), ("max_train_images", 3)):
-                if key == "max_train_images" and self.ood_cfg[key] is None:  # every training image
-                    continue
-                if not isinstance(self.ood_cfg[key], int) or self.ood_cfg[key] < low:
-                    raise ValueError(f"callbacks.uncertainty.ood.{key}: expected an integer >= {low}, got "
-                                     f"{self.ood_cfg[key]!r}")
-            if not 0.0 < float(self.ood_cfg["quantile"]) <= 1.0:
-                raise ValueError(f"callbacks.uncertainty.ood.quantile: expected a fraction in (0, 1], got "
-                                 f"{self.ood_cfg['quantile']!r}")
+        self.ood_cfg = check_ood_settings(ood)  # checked here, before training, not at test start
         self.settings: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = []
-        self.val_rows: list[dict[str, Any]] = []
         self.review_threshold: float = float("nan")
-        self.review_rule = "fixed"
         self.calibration: dict[str, Any] = {}
         self.density: FeatureDensity | None = None
         self.ood_threshold = math.inf
@@ -158,70 +122,6 @@ class UncertaintyEvaluation(L.Callback):
                                  int(getattr(pl_module, "pad_multiple", 32)))
         return [float(v) for v in self.density.score(feats)]
 
-    # ----------------------------------------------------------------- choices on validation
-    def _validation_pass(self, trainer: L.Trainer, pl_module: L.LightningModule, purpose: str, shifted: bool
-                         ) -> tuple[dict[str, list[Tensor]], list[Tensor]]:
-        """Rows of the validation images (in `val_rows`); a fixed random sample of (mean probability, truth)
-        pixels per image for the temperature ("val", and with `shifted` "shift" from a perturbed copy of each
-        image); the encoder features for the OOD threshold."""
-        self.val_rows = []
-        pixels: dict[str, list[Tensor]] = {"val": [], "shift": []}
-        feats = []
-        gen, perturb_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-
-        def sample(row: dict[str, Any], into: str) -> None:
-            mean, _, true = row["_maps"]
-            flat_p, flat_t = mean.flatten().cpu(), true.flatten().cpu()
-            pick = torch.randperm(flat_p.numel(), generator=gen)[:PIXELS_PER_IMAGE]
-            pixels[into].append(torch.stack([flat_p[pick], flat_t[pick].float()]))
-
-        for batch in validation_batches(trainer, self.max_val_images, purpose):
-            if self.ood_cfg:
-                feats.append(encoder_features(pl_module.net, batch["image"].to(pl_module.device),  # type: ignore[arg-type]
-                                              int(getattr(pl_module, "pad_multiple", 32))))
-            rows = [r for r in self._evaluate(pl_module, batch, None) if not math.isnan(r["dice_mc"])]
-            for row in rows:
-                sample(row, "val")
-                self.val_rows.append({k: v for k, v in row.items() if k != "_maps"})
-            if shifted and rows:
-                image, _, _ = perturbed_copy(batch["image"], len(pixels["shift"]), perturb_gen)
-                for row in self._evaluate(pl_module, {**batch, "image": image}, None):
-                    if not math.isnan(row["dice_mc"]):
-                        sample(row, "shift")
-        return pixels, feats
-
-    def _fit_temperature(self, pixels: dict[str, list[Tensor]]) -> dict[str, Any]:
-        """The `calibration` hyper-parameters (see the module doc) from the sampled pixels."""
-        val = torch.cat(pixels["val"], dim=1)
-        cal: dict[str, Any] = {"temperature": fit_temperature(val[0], val[1]), "n_val_images": len(pixels["val"])}
-        if pixels["shift"]:
-            shift = torch.cat(pixels["shift"], dim=1)
-            both = torch.cat([val, shift], dim=1)
-            cal.update(temperature_unlike=fit_temperature(shift[0], shift[1]),
-                       temperature_pooled=fit_temperature(both[0], both[1]))
-        log.info("calibration: temperature %.3f fitted on %d validation images; %s", cal["temperature"],
-                 len(pixels["val"]), f"{cal['temperature_unlike']:.3f} for images unlike the training data "
-                 f"(fitted on a perturbed copy of each)" if pixels["shift"] else "no shift calibration")
-        return cal
-
-    def _fit_ood(self, trainer: L.Trainer, pl_module: L.LightningModule, val_feats: list[Tensor]) -> None:
-        assert self.ood_cfg is not None
-        dm: Any = getattr(trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "whole_image_loader") or not (dm.splits or {}).get("train"):
-            log.warning("ood: no training split to fit the density on (e.g. nucseg.evaluate on a folder): the "
-                        "checkpoint's density is kept")
-            return
-        feats = [encoder_features(pl_module.net, b["image"].to(pl_module.device),  # type: ignore[arg-type]
-                                  int(getattr(pl_module, "pad_multiple", 32)))
-                 for b in dm.whole_image_loader("train", self.ood_cfg["max_train_images"])]
-        self.density = FeatureDensity.fit(torch.cat(feats), int(self.ood_cfg["components"]),
-                                          int(self.ood_cfg["neighbours"]))
-        val_scores = self.density.score(torch.cat(val_feats))
-        self.ood_threshold = ood_threshold(val_scores, float(self.ood_cfg["quantile"]))
-        log.info("ood: density of %d training images' encoder features (%d dims); unlike the training data above "
-                 "%.3f (the %.0f %% quantile of %d validation images)", len(feats), feats[0].shape[1],
-                 self.ood_threshold, 100 * float(self.ood_cfg["quantile"]), len(val_scores))
-
     def _load_stored(self, pl_module: L.LightningModule) -> None:
         """The temperature and OOD density the module already holds (a checkpoint being re-evaluated)."""
         hp = getattr(pl_module, "hparams", {})
@@ -230,62 +130,19 @@ class UncertaintyEvaluation(L.Callback):
         self.density = FeatureDensity.from_dict(ood["density"]) if ood.get("density") else None
         self.ood_threshold = float(ood.get("threshold", math.inf)) if self.density is not None else math.inf
 
-    @rank_zero_only
-    def _store(self, trainer: L.Trainer, chosen: ReviewThreshold | None, updates: dict[str, dict[str, Any]]
-               ) -> None:
-        assert self.settings is not None
-        out = self._out(trainer)
-        if chosen is not None:
-            info = {"review_threshold": chosen.value, "failure_dice": self.settings["failure_dice"],
-                    "method": self.settings["method"], "score": self.settings["score"], "rule": chosen.rule,
-                    "n_val_images": chosen.n_images, "n_val_failures": chosen.n_failures}
-            atomic_write_text(out / "review_threshold.json", json.dumps(info, indent=2) + "\n")
-        trust = {"calibration": self.calibration, "ood_threshold": self.ood_threshold if self.density else None,
-                 "ood_quantile": (self.ood_cfg or {}).get("quantile"), "n_val_images": len(self.val_rows)}
-        atomic_write_text(out / "trust.json", json.dumps(trust, indent=2) + "\n")
-        _write_rows(out / "val_images.csv", self.val_rows)
-        if self.store_in_checkpoint and updates:
-            update_checkpoint_hparams(getattr(trainer, "ckpt_path", None), updates)
-
     # ----------------------------------------------------------------- test hooks
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.settings = module_settings(pl_module)
-        self.rows, self._panels, self._cal, self.val_rows = [], [], {}, []
+        self.rows, self._panels, self._cal = [], [], {}
         if self.settings is None:
             return
         self._members = ensemble_members(pl_module, self.settings)
         self._load_stored(pl_module)
         rt = self.settings["review_threshold"]
-        chosen: ReviewThreshold | None = None
-        updates: dict[str, dict[str, Any]] = {}
-        # fitted once, with the weights being tested (nucseg.train); a checkpoint that holds them keeps them
-        fit_t = self.calibrate and "temperature" not in (pl_module.hparams.get("calibration") or {})
-        fit_ood = bool(self.ood_cfg) and self.density is None
-        if (fit_t or fit_ood) and rt != "auto" and not has_validation(trainer):
-            log.warning("callbacks.uncertainty: no validation images here (e.g. nucseg.evaluate on a folder): no "
-                        "temperature or OOD density is fitted; the checkpoint's are used where it has them")
-            fit_t = fit_ood = False
-        if rt == "auto" or fit_t or fit_ood:
-            purpose = "uncertainty.review_threshold=auto, callbacks.uncertainty.calibrate and .ood (or set them off)"
-            pixels, feats = self._validation_pass(trainer, pl_module, purpose, fit_t and self.shift_calibration)
-            if rt == "auto":
-                s = self.settings
-                chosen = choose_review_threshold([r["certainty"] for r in self.val_rows],
-                                                 [r["dice_mc"] for r in self.val_rows], s["failure_dice"],
-                                                 s["min_val_failures"], s["review_budget"])
-                self.review_threshold, self.review_rule = chosen.value, chosen.rule
-                updates["uncertainty"] = {"review_threshold": chosen.value}
-            if fit_t and pixels["val"]:
-                self.calibration = updates["calibration"] = self._fit_temperature(pixels)
-            if fit_ood and feats:
-                self._fit_ood(trainer, pl_module, feats)
-                if self.density is not None:
-                    updates["ood"] = {"density": self.density.to_dict(), "threshold": self.ood_threshold}
-        if rt != "auto":
-            self.review_threshold = float(rt)
-        for group, values in updates.items():  # the module's own copy, for a checkpoint saved after the test
-            pl_module.hparams[group] = {**dict(pl_module.hparams.get(group) or {}), **values}
-        self._store(trainer, chosen, updates)
+        if rt == "auto":  # chosen by the calibrate stage, which nucseg.train and nucseg.evaluate run before the test
+            raise ValueError("uncertainty.review_threshold=auto was not chosen before the test: run "
+                             "nucseg.calibrate.calibrate first (nucseg.train and nucseg.evaluate do)")
+        self.review_threshold = float(rt)
         n_bins = int(self.settings.get("ece_bins", 15))
         # summed across DDP processes by hand in on_test_epoch_end (states live on the CPU)
         self._cal = {k: CalibrationError(n_bins, sync_on_compute=False)

@@ -3,6 +3,7 @@ the work is `nucseg.export.export_model`."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.utils.config import CONF_DIR
+from nucseg.utils.extras import check_overrides
 
 __all__ = ["default_image", "main", "run_export"]
 
@@ -60,4 +62,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])  # one line, not a Hydra traceback, when an override needs a missing extra
     main()

@@ -17,7 +17,7 @@ plain lists (tens of kB).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,29 @@ from torch import Tensor, nn
 from nucseg.models.mc_dropout import mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
 
-__all__ = ["FeatureDensity", "FeatureTap", "encoder_features", "pooled_features"]
+__all__ = ["OOD_DEFAULTS", "FeatureDensity", "FeatureTap", "check_ood_settings", "encoder_features", "pooled_features"]
+
+OOD_DEFAULTS = {"components": 8, "neighbours": 5, "max_train_images": 128, "quantile": 0.95}
+
+
+def check_ood_settings(ood: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """`callbacks.uncertainty.ood` over its defaults, checked (ValueError naming the key); None: no OOD score."""
+    if not ood:
+        return None
+    cfg = {**OOD_DEFAULTS, **dict(ood)}
+    unknown = set(cfg) - set(OOD_DEFAULTS)
+    if unknown:
+        raise ValueError(f"callbacks.uncertainty.ood: unknown key(s) {sorted(unknown)}; expected "
+                         f"{', '.join(OOD_DEFAULTS)}")
+    for key, low in (("components", 1), ("neighbours", 1), ("max_train_images", 3)):
+        if key == "max_train_images" and cfg[key] is None:  # every training image
+            continue
+        if not isinstance(cfg[key], int) or cfg[key] < low:
+            raise ValueError(f"callbacks.uncertainty.ood.{key}: expected an integer >= {low}, got {cfg[key]!r}")
+    if not 0.0 < float(cfg["quantile"]) <= 1.0:
+        raise ValueError(f"callbacks.uncertainty.ood.quantile: expected a fraction in (0, 1], got {cfg['quantile']!r}")
+    return cfg
+
 
 
 def pooled_features(stages: Sequence[Tensor]) -> Tensor:

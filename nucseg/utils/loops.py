@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from nucseg.utils.progress import logged_progress, progress_interval
+
 __all__ = ["has_validation", "validation_batches"]
 
 
@@ -17,9 +19,11 @@ def has_validation(trainer: Any) -> bool:
     return bool(splits.get("val")) if isinstance(splits, dict) else True
 
 
-def validation_batches(trainer: Any, max_images: int | None = None, purpose: str = "this setting"
-                       ) -> Iterator[dict]:
-    """The validation split's batches, honouring `trainer.limit_val_batches` and `max_images`.
+def validation_batches(trainer: Any, max_images: int | None = None, purpose: str = "this setting",
+                       label: str = "validation pass") -> Iterator[dict]:
+    """The validation split's batches, honouring `trainer.limit_val_batches` and `max_images`. While the run's
+    progress callback writes plain lines (a log file, nucseg.callbacks.progress_log), the loop logs its own,
+    `<label> 12/40 images ...`: such a pass at the start of the test can take minutes.
 
     Raises ValueError naming `purpose` when the run has no validation split (e.g. `nucseg.evaluate` on a folder).
     """
@@ -35,6 +39,10 @@ def validation_batches(trainer: Any, max_images: int | None = None, purpose: str
         n = max(1, int(n * lim)) if lim > 0 else 0
     if max_images is not None:
         n = min(n, int(max_images))
+    yield from logged_progress(_first(loader, n), n, label, "image", progress_interval(trainer))
+
+
+def _first(loader: Any, n: int) -> Iterator[dict]:
     for i, batch in enumerate(loader):
         if i >= n:
             break

@@ -5,6 +5,7 @@ per-file errors from `predict_files`."""
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import os
 import re
 import shutil
@@ -223,7 +224,8 @@ def test_a_checkpoint_without_its_tuned_settings_is_named(ckpt, tmp_path, caplog
 
 
 def test_import_nucseg_is_light_and_exports_the_api():
-    assert nucseg.__all__ == ["Prediction", "Predictor", "export_model"]
+    assert nucseg.__all__ == ["Prediction", "Predictor", "__version__", "export_model"]
+    assert nucseg.__version__ == importlib.metadata.version("nucseg")
     code = "import sys, nucseg; assert 'torch' not in sys.modules; nucseg.Predictor; assert 'torch' in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=120)
