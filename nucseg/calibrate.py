@@ -232,7 +232,7 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
         base = {k: v for k, v in post.items() if k != "tuned"}
         if settings.tune_from_base:
             base.update((post.get("tuned") or {}).get("base") or {})
-        result.tuning = tune_postprocess(probs, labels, base, settings.tune_grid)
+        result.tuning = tune_postprocess(probs, labels, base, settings.tune_grid, settings.progress_interval)
         tuned = {k: result.tuning.settings[k] for k in TUNED_KEYS if k in result.tuning.settings}
         updates["postprocess"] = {**tuned, "tuned": result.tuning.summary()}
     if unc is not None and review:

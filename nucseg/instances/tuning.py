@@ -21,6 +21,7 @@ import numpy as np
 from nucseg.instances.watershed import probs_to_instances
 from nucseg.metrics.dsb_score import dsb_score_image
 from nucseg.metrics.regions import rand_f
+from nucseg.utils.progress import logged_progress
 
 __all__ = ["DEFAULT_GRID", "OBJECTIVES", "OBJECTIVE_TITLES", "REGION_GRID", "TuneResult", "score_settings",
            "tune_postprocess"]
@@ -90,10 +91,12 @@ def score_settings(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], se
 
 
 def tune_postprocess(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], base: Mapping[str, Any],
-                     grid: Mapping[str, Sequence[Any]] | None = None) -> TuneResult:
+                     grid: Mapping[str, Sequence[Any]] | None = None, progress_interval: float | None = None
+                     ) -> TuneResult:
     """Coordinate search from `base` (a `postprocess` config, whose `objective` picks the score and the default
     grid): first the `JOINT` keys of the grid jointly (contour_threshold only for the watershed), then each
-    remaining key on its own. Ties keep the earlier (base or smaller) value, so the result is deterministic."""
+    remaining key on its own. Ties keep the earlier (base or smaller) value, so the result is deterministic.
+    `progress_interval`: log a progress line at most every so many seconds (a log file; None: none)."""
     if len(probs) != len(labels) or not probs:
         raise ValueError(f"tune_postprocess: expected as many probability maps as label maps (> 0), got "
                          f"{len(probs)} and {len(labels)}")
@@ -122,12 +125,13 @@ def tune_postprocess(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], 
         if k in JOINT or (k == "seed_min_size" and not watershed):
             continue
         stages.append([{k: v} for v in grid[k]])
-    for candidates in stages:
-        for change in candidates:
-            trial = {**best, **change}
-            s = evaluate(trial)
-            if s > best_score + 1e-9:
-                best, best_score = trial, s
+    changes = [change for candidates in stages for change in candidates]
+    # each change applies to the best settings so far: the generator is consumed one candidate at a time
+    for change in logged_progress(changes, len(changes), "post-processing search", "candidate", progress_interval):
+        trial = {**best, **change}
+        s = evaluate(trial)
+        if s > best_score + 1e-9:
+            best, best_score = trial, s
     log.info("post-processing tuned on %d validation images: %s %.4f -> %.4f (%s)", len(probs), objective,
              base_score, best_score, ", ".join(f"{k}={best.get(k)}" for k in TUNED_KEYS if k in grid))
     return TuneResult(best, best_score, base_score, len(probs), dict(base), trials, objective)

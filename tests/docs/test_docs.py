@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.helpers.scripts import load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 RESULTS = ROOT / "experiments" / "results"
 
 
-def _load(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-config_reference = _load("config_reference")
-results_pages = _load("results_pages")
+hooks = load_experiment("hooks", folder="docs")  # loads the two generators as the site build does
+config_reference, results_pages = hooks.config_reference, hooks.results_pages
 
 
 @pytest.fixture(scope="module")

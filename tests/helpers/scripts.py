@@ -1,4 +1,4 @@
-"""The scripts under experiments/ are not a package: load one as a module to test its functions."""
+"""The scripts under experiments/ and docs/ are not packages: load one as a module to test its functions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import ModuleType
 from tests.helpers.paths import PROJECT_ROOT
 
 
-def load_experiment(name: str) -> ModuleType:
-    """`experiments/<name>.py` as a module (its `main` is not run)."""
-    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "experiments" / f"{name}.py")
+def load_experiment(name: str, folder: str = "experiments") -> ModuleType:
+    """`<folder>/<name>.py` (experiments/ by default) as a module (its `main` is not run)."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / folder / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

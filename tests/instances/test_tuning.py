@@ -44,6 +44,25 @@ def test_tuning_finds_the_threshold_the_model_needs():
     assert len(result.trials) >= 30
 
 
+def test_tuning_logs_progress_lines_only_when_asked(caplog):
+    probs, labels = _two_touching_nuclei()
+    base = {"method": "watershed", "threshold": 0.5, "contour_threshold": 0.5, "min_size": 10,
+            "seed_min_size": 10, "fill_holes": True}
+    with caplog.at_level("INFO", logger="nucseg.utils.progress"):
+        quiet = tune_postprocess([probs], [labels], base)
+    assert "post-processing search" not in caplog.text
+    with caplog.at_level("INFO", logger="nucseg.utils.progress"):
+        logged = tune_postprocess([probs], [labels], base, progress_interval=0.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("post-processing search")]
+    # interval 0: a line after every candidate (38 in the default grid: 9 joint thresholds + 5 + 5 + 2 + ...,
+    # 36 distinct trials with the base), then the closing line; the search itself is unchanged
+    n = len(lines) - 1
+    assert lines[0].startswith(f"post-processing search 1/{n} candidates ") and " ETA " in lines[0]
+    assert lines[-1].startswith(f"post-processing search done: {n} candidates in ")
+    assert n >= len(logged.trials) - 1
+    assert logged.settings == quiet.settings and logged.trials == quiet.trials
+
+
 def test_postprocess_auto_tunes_at_test_and_nucseg_tune_rewrites_the_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg(["logger=csv", "model=unet", "model.classes=3", "data.targets=instance", "postprocess=auto"])
     metrics = train(cfg)
