@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ from nucseg.uncertainty.ood import OOD_DEFAULTS, FeatureDensity, check_ood_setti
 from nucseg.uncertainty.perturb import perturbed_copy
 from nucseg.uncertainty.review import ReviewThreshold, choose_review_threshold, ood_threshold
 from nucseg.utils.checkpoint import update_checkpoint_hparams
-from nucseg.utils.progress import logged_progress, progress_interval
+from nucseg.utils.loops import has_validation, validation_batches
+from nucseg.utils.progress import progress_interval
 from nucseg.utils.tables import write_csv
 
 __all__ = ["PIXELS_PER_IMAGE", "Calibration", "CalibrationSettings", "calibrate", "calibrate_before_test"]
@@ -112,31 +113,6 @@ class Calibration:
     val_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _batches(datamodule: Any, n: int, limit: Any, interval: float | None) -> Iterator[dict]:
-    loader = datamodule.val_dataloader()
-    total = len(loader)
-    if isinstance(limit, int):
-        total = min(total, limit)
-    elif limit is not None and limit < 1.0:
-        total = max(1, int(total * limit)) if limit > 0 else 0
-    total = min(total, n)
-
-    def first() -> Iterator[dict]:
-        for i, batch in enumerate(loader):
-            if i >= total:
-                break
-            yield batch
-
-    yield from logged_progress(first(), total, "calibrate: val", "image", interval)
-
-
-def _has_validation(datamodule: Any) -> bool:
-    if datamodule is None or not hasattr(datamodule, "val_dataloader"):
-        return False
-    splits = getattr(datamodule, "splits", None)
-    return bool(splits.get("val")) if isinstance(splits, dict) else True
-
-
 def _cap(cap: int | None) -> int:
     return math.inf if cap is None else int(cap)  # type: ignore[return-value]
 
@@ -161,7 +137,7 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
         review = unc["review_threshold"] == "auto" if settings.review is None else settings.review
         fit_t = settings.temperature and "temperature" not in (hp.get("calibration") or {})
         fit_ood = bool(settings.ood) and not (hp.get("ood") or {}).get("density")
-        if (fit_t or fit_ood) and not review and not _has_validation(datamodule):
+        if (fit_t or fit_ood) and not review and not has_validation(datamodule):
             log.warning("calibrate: no validation images here (e.g. nucseg.evaluate on a folder): no temperature or "
                         "OOD density is fitted; the checkpoint's are used where it has them")
             fit_t = fit_ood = False
@@ -172,7 +148,7 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
         if write and unc is not None:
             _write_records(settings, result, unc, dict(hp.get("calibration") or {}), hp.get("ood") or {})
         return result
-    if not _has_validation(datamodule):
+    if not has_validation(datamodule):
         needs = [name for name, on in (("postprocess.tune=true", tune), ("uncertainty.review_threshold=auto", review))
                  if on]
         raise ValueError(f"{' and '.join(needs)} need(s) the validation split (a datamodule with val_dataloader)")
@@ -202,8 +178,8 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
     was_training = module.training
     module.eval()
     try:
-        for i, batch in enumerate(_batches(datamodule, max(n_tune, n_unc), limit_val_batches,
-                                           settings.progress_interval)):
+        for i, batch in enumerate(validation_batches(datamodule, limit_val_batches, max(n_tune, n_unc),
+                                                     "calibrate: val", settings.progress_interval)):
             image = batch["image"].to(device)
             if i < n_tune:  # the deterministic pass the post-processing is tuned on
                 p = torch.sigmoid(module.predict_logits(image)).float().cpu().numpy()  # type: ignore[operator]

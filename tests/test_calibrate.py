@@ -48,8 +48,9 @@ def test_one_pass_fits_everything_and_writes_the_checkpoint_once(bayes, tmp_path
     monkeypatch.setattr(stage, "update_checkpoint_hparams", lambda path, updates: writes.append(updates) or
                         real(path, updates))
     loaded = []
-    real_batches = stage._batches
-    monkeypatch.setattr(stage, "_batches", lambda *a: (loaded.append(b) or b for b in real_batches(*a)))
+    real_batches = stage.validation_batches
+    monkeypatch.setattr(stage, "validation_batches",
+                        lambda *a: (loaded.append(b) or b for b in real_batches(*a)))
     settings = CalibrationSettings.from_callbacks(callbacks, tmp_path / "run")
     assert settings.tune is None and settings.tune_max_images == 2 and settings.ood["max_train_images"] == 4
     result = calibrate(module, datamodule, settings, ckpt, limit_val_batches=3)

@@ -3,7 +3,7 @@ over files, downloads), and the plain progress lines written to the log when std
 job, nohup, CI), where a bar shows nothing until its loop ends.
 
 The plain lines are built here once, for the training callback (nucseg.callbacks.progress_log), the loops that
-callbacks run over the validation split (nucseg.utils.loops) and prediction (nucseg.inference.batch):
+the calibrate stage runs over the validation split (nucseg.utils.loops) and prediction (nucseg.inference.batch):
 `ProgressClock` measures seconds per item and the time left from a monotonic clock (a fake one in tests) and
 says when the next line is due; `progress_line` / `finished_line` write them, e.g.
 `train 120/1512 steps (epoch 2/15) loss 0.4312 0.61 s/step ETA 14:09` and
