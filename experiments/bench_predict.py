@@ -118,7 +118,7 @@ def forward_seconds(ckpt: Path, files: list[Path]) -> tuple[float, int]:
     for f in files:
         x = torch.from_numpy(p.prepare_checked(_read(f))[0].transpose(2, 0, 1).copy()).float().div_(255.0)[None]
         with torch.no_grad():
-            sliding_window_inference(fn, x, tile=p.tile, overlap=p.overlap, blend=p.blend,
+            sliding_window_inference(fn, x, tile=p.window.tile, overlap=p.window.overlap, blend=p.window.blend,
                                      pad_multiple=int(p.module.pad_multiple), output_device="cpu")
     return seconds, tiles
 

@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nucseg.settings import CertaintyScore
+
 ARMS = {"grouped": [], "stained": ["data.holdout_types=[stained]"],
         "brightfield": ["data.holdout_types=[brightfield]"]}
-SCORES = ("dice_agreement", "entropy", "fg_entropy", "fg_mutual_info")
+SCORES = CertaintyScore.values()  # the candidate image certainties
 BUDGETS = (0.10, 0.25)
 REVIEW_SCORES = ("fg_entropy", "dice_agreement")  # the default, and the one these runs were made with
 

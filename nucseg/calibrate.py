@@ -35,7 +35,8 @@ from torch import Tensor
 from nucseg.data.io import atomic_write_text
 from nucseg.instances.tuning import TUNED_KEYS, TuneResult, tune_postprocess
 from nucseg.metrics.calibration import fit_temperature
-from nucseg.uncertainty.estimate import ensemble_members, image_rows, module_samples, module_settings
+from nucseg.settings import UncertaintySettings
+from nucseg.uncertainty.estimate import ensemble_members, image_rows, module_samples, module_settings, pad_multiple
 from nucseg.uncertainty.ood import OOD_DEFAULTS, FeatureDensity, check_ood_settings, encoder_features
 from nucseg.uncertainty.perturb import perturbed_copy
 from nucseg.uncertainty.review import ReviewThreshold, choose_review_threshold, ood_threshold
@@ -134,7 +135,7 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
     unc = module_settings(module) if settings.uncertainty else None
     review = fit_t = fit_ood = False
     if unc is not None:
-        review = unc["review_threshold"] == "auto" if settings.review is None else settings.review
+        review = unc.review_threshold == "auto" if settings.review is None else settings.review
         fit_t = settings.temperature and "temperature" not in (hp.get("calibration") or {})
         fit_ood = bool(settings.ood) and not (hp.get("ood") or {}).get("density")
         if (fit_t or fit_ood) and not review and not has_validation(datamodule):
@@ -154,7 +155,7 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
         raise ValueError(f"{' and '.join(needs)} need(s) the validation split (a datamodule with val_dataloader)")
 
     device = module.device
-    pad = int(getattr(module, "pad_multiple", 32))
+    pad = pad_multiple(module)
     members = ensemble_members(module, unc) if unc is not None else None
     threshold = float(getattr(module, "threshold", 0.5))
     probs: list[np.ndarray] = []
@@ -172,7 +173,7 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
     def mc_rows(batch: dict) -> list[dict[str, Any]]:
         assert unc is not None
         samples = module_samples(module, batch["image"], unc, members)
-        rows = image_rows(samples, batch, None, threshold, "entropy", unc["score"])
+        rows = image_rows(samples, batch, None, threshold, "entropy", unc.score)
         return [r for r in rows if not math.isnan(r["dice_mc"])]
 
     was_training = module.training
@@ -214,7 +215,7 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
     if unc is not None and review:
         rows = result.val_rows
         result.review = choose_review_threshold([r["certainty"] for r in rows], [r["dice_mc"] for r in rows],
-                                                unc["failure_dice"], unc["min_val_failures"], unc["review_budget"])
+                                                unc.failure_dice, unc.min_val_failures, unc.review_budget)
         updates["uncertainty"] = {"review_threshold": result.review.value}
     if fit_t and pixels["val"]:
         updates["calibration"] = _fit_temperature(pixels)
@@ -266,7 +267,7 @@ def _fit_density(module: L.LightningModule, datamodule: Any, val_feats: Tensor, 
         log.warning("ood: no training split to fit the density on (e.g. nucseg.evaluate on a folder): the "
                     "checkpoint's density is kept")
         return None, math.inf
-    pad = int(getattr(module, "pad_multiple", 32))
+    pad = pad_multiple(module)
     feats = [encoder_features(module.net, b["image"].to(module.device), pad)  # type: ignore[arg-type]
              for b in datamodule.whole_image_loader("train", ood["max_train_images"])]
     density = FeatureDensity.fit(torch.cat(feats), int(ood["components"]), int(ood["neighbours"]))
@@ -277,7 +278,7 @@ def _fit_density(module: L.LightningModule, datamodule: Any, val_feats: Tensor, 
     return density, at
 
 
-def _write_records(settings: CalibrationSettings, result: Calibration, unc: dict[str, Any] | None,
+def _write_records(settings: CalibrationSettings, result: Calibration, unc: UncertaintySettings | None,
                    calibration: dict[str, Any], ood: Mapping[str, Any]) -> None:
     if result.tuning is not None:
         atomic_write_text(settings.run_dir / "postprocess_tuning.json",
@@ -289,8 +290,8 @@ def _write_records(settings: CalibrationSettings, result: Calibration, unc: dict
     assert out is not None
     if result.review is not None:
         chosen = result.review
-        info = {"review_threshold": chosen.value, "failure_dice": unc["failure_dice"], "method": unc["method"],
-                "score": unc["score"], "rule": chosen.rule, "n_val_images": chosen.n_images,
+        info = {"review_threshold": chosen.value, "failure_dice": unc.failure_dice, "method": str(unc.method),
+                "score": str(unc.score), "rule": chosen.rule, "n_val_images": chosen.n_images,
                 "n_val_failures": chosen.n_failures}
         atomic_write_text(out / "review_threshold.json", json.dumps(info, indent=2) + "\n")
     trust = {"calibration": calibration, "ood_threshold": ood.get("threshold") if ood.get("density") else None,

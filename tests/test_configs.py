@@ -236,17 +236,19 @@ def test_one_callback_per_file():
 
 
 @pytest.mark.parametrize("method", ["mc_dropout", "tta", "ensemble"])
-def test_uncertainty_defaults_come_from_the_yaml_alone(make_cfg, method):
-    """The composed `uncertainty` config and the defaults that fill an old checkpoint's missing keys are the
-    same YAML (conf/uncertainty/_base.yaml + <method>.yaml)."""
-    from nucseg.models.factory import build_model
-    from nucseg.uncertainty.sampling import method_defaults, resolve_settings
+def test_uncertainty_yaml_states_the_typed_defaults(make_cfg, method):
+    """The composed `uncertainty` config (conf/uncertainty/_base.yaml + <method>.yaml, what users read and
+    override) holds exactly the defaults of `UncertaintySettings`, which fill an old checkpoint's missing keys:
+    the two cannot drift apart."""
+    from nucseg.settings import UncertaintySettings
 
     composed = OmegaConf.to_container(make_cfg([f"uncertainty={method}"], fast=False).uncertainty)
-    assert composed == method_defaults(method)
-    base = OmegaConf.load(CONF_DIR / "uncertainty" / "_base.yaml")
-    net = build_model(arch="unet", encoder_name="resnet18", encoder_depth=3,
-                      mc_dropout={"rate": 0.2, "where": "decoder"} if method == "mc_dropout" else None)
-    old = resolve_settings({"method": method}, net)  # a checkpoint written before the other keys existed
-    assert old is not None and old["review_budget"] == base.review_budget == 0.1
-    assert old["min_val_failures"] == base.min_val_failures and old["failure_dice"] == base.failure_dice
+    typed = UncertaintySettings.for_method(method).to_dict()
+    assert isinstance(composed, dict)
+    assert set(composed) <= set(typed), set(composed) - set(typed)
+    assert composed == {k: typed[k] for k in composed}
+    # a checkpoint written before the other keys existed resolves to the same defaults (score aside: legacy)
+    old = UncertaintySettings.from_mapping({"method": method}, has_mc_dropout=method == "mc_dropout")
+    assert old is not None and old.review_budget == composed["review_budget"] == 0.1
+    assert old.min_val_failures == composed["min_val_failures"] and old.failure_dice == composed["failure_dice"]
+    assert old.score == "dice_agreement" != composed["score"]

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from nucseg.data.io import atomic_write_bytes
 from nucseg.metrics.calibration import CalibrationError, apply_temperature, image_temperature
+from nucseg.settings import UncertaintySettings
 from nucseg.uncertainty.estimate import (
     HEATMAPS,
     deterministic_probs,
@@ -48,6 +49,7 @@ from nucseg.uncertainty.estimate import (
     image_rows,
     module_samples,
     module_settings,
+    pad_multiple,
 )
 from nucseg.uncertainty.ood import FeatureDensity, check_ood_settings, encoder_features
 from nucseg.uncertainty.review import (
@@ -77,7 +79,7 @@ class UncertaintyEvaluation(L.Callback):
         self.max_val_images, self.store_in_checkpoint = max_val_images, store_in_checkpoint
         self.calibrate, self.shift_calibration = bool(calibrate), bool(shift_calibration)
         self.ood_cfg = check_ood_settings(ood)  # checked here, before training, not at test start
-        self.settings: dict[str, Any] | None = None
+        self.settings: UncertaintySettings | None = None
         self.rows: list[dict[str, Any]] = []
         self.review_threshold: float = float("nan")
         self.calibration: dict[str, Any] = {}
@@ -100,7 +102,7 @@ class UncertaintyEvaluation(L.Callback):
         assert self.settings is not None
         samples = module_samples(pl_module, batch["image"], self.settings, self._members)
         rows = image_rows(samples, batch, det_probs, float(getattr(pl_module, "threshold", 0.5)), self.heatmap,
-                          self.settings["score"])
+                          self.settings.score)
         for i, row in enumerate(rows):
             mean, _, true = row["_maps"]
             if true is not None and self._cal:
@@ -119,7 +121,7 @@ class UncertaintyEvaluation(L.Callback):
         if self.density is None:
             return [math.nan] * len(batch["id"])
         feats = encoder_features(pl_module.net, batch["image"].to(pl_module.device),  # type: ignore[arg-type]
-                                 int(getattr(pl_module, "pad_multiple", 32)))
+                                 pad_multiple(pl_module))
         return [float(v) for v in self.density.score(feats)]
 
     def _load_stored(self, pl_module: L.LightningModule) -> None:
@@ -138,12 +140,12 @@ class UncertaintyEvaluation(L.Callback):
             return
         self._members = ensemble_members(pl_module, self.settings)
         self._load_stored(pl_module)
-        rt = self.settings["review_threshold"]
+        rt = self.settings.review_threshold
         if rt == "auto":  # chosen by the calibrate stage, which nucseg.train and nucseg.evaluate run before the test
             raise ValueError("uncertainty.review_threshold=auto was not chosen before the test: run "
                              "nucseg.calibrate.calibrate first (nucseg.train and nucseg.evaluate do)")
         self.review_threshold = float(rt)
-        n_bins = int(self.settings.get("ece_bins", 15))
+        n_bins = self.settings.ece_bins
         # summed across DDP processes by hand in on_test_epoch_end (states live on the CPU)
         self._cal = {k: CalibrationError(n_bins, sync_on_compute=False)
                      for k in ("mc", "calibrated", "calibrated_val", "calibrated_pooled", "det")}
@@ -178,7 +180,7 @@ class UncertaintyEvaluation(L.Callback):
             sum_states(trainer, cal, ("count", "prob_sum", "pos_sum"))
         if not self.rows:
             return
-        metrics = uncertainty_metrics(self.rows, self.settings["failure_dice"], self.review_threshold,
+        metrics = uncertainty_metrics(self.rows, self.settings.failure_dice, self.review_threshold,
                                       float(self._cal["mc"].compute()), float(self._cal["det"].compute()))
         metrics["test/ece_calibrated"] = float(self._cal["calibrated"].compute())
         for key in ("calibrated_val", "calibrated_pooled"):
@@ -200,7 +202,7 @@ class UncertaintyEvaluation(L.Callback):
         out = self._out(trainer)
         _write_rows(out / "test_images.csv", self.rows)
         fig = reliability_diagram(self._cal["mc"].bins(), metrics["test/ece"],
-                                  title=f"pixel reliability, {self.settings['method']} mean")
+                                  title=f"pixel reliability, {self.settings.method} mean")
         atomic_write_bytes(out / "reliability.png", figure_png(fig))
         log.info("uncertainty: spearman %.3f, failure AUROC %.3f, ECE %.4f (calibrated %.4f, T=%.3f / %.3f unlike "
                  "the training data; deterministic %.4f); wrote %s", metrics["test/certainty_spearman"],

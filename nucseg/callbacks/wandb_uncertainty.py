@@ -6,12 +6,12 @@ the image certainty and Dice in the caption. A no-op without a WandbLogger or wi
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from nucseg.metrics.pixel import dice_score
+from nucseg.settings import UncertaintyMethod, UncertaintySettings
 from nucseg.uncertainty.estimate import HEATMAPS, module_samples, module_settings
 from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
 from nucseg.utils.run import wandb_experiments
@@ -30,13 +30,13 @@ class WandbUncertaintyHeatmaps(L.Callback):
                              f"got {heatmap!r}")
         self.num_images, self.samples, self.every_n_epochs = num_images, samples, max(1, every_n_epochs)
         self.heatmap, self.max_side = heatmap, max_side
-        self._settings: dict[str, Any] | None = None
+        self._settings: UncertaintySettings | None = None
         self._active = False
         self._images: list = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._settings = module_settings(pl_module)
-        if self._settings is not None and self._settings["method"] == "ensemble":
+        if self._settings is not None and self._settings.method is UncertaintyMethod.ENSEMBLE:
             log.info("wandb_uncertainty: ensemble members exist only after training; no validation heatmaps")
             self._settings = None
 

@@ -70,13 +70,35 @@ def export_model(ckpt_path: str | Path, format: str = "bioimageio", output: str 
                  license: str = "MIT", cite: Sequence[dict[str, Any]] | None = None,
                  tags: Sequence[str] | None = None, training_data: str | None = None,
                  version: str = "0.1.0") -> Path:
-    """Export the checkpoint `ckpt_path` as `format` to `output` (written atomically); returns the path.
+    """Export a checkpoint written by `nucseg.train` as a bioimage.io package, ONNX or TorchScript.
 
-    bioimageio only: `image` (an array or an image file: the test tensors and the cover), `name`,
-    `description`, `authors` (dicts with name, affiliation, orcid, github_user, or plain names), `license`
-    (an SPDX id), `cite` (dicts with text and doi or url; default: the DSB2018 and U-Net papers), `tags`,
-    `training_data` (free text for the README), `version`. Raises ConfigError / CheckpointError for bad
-    input, also when the `export` extra (bioimageio.spec, onnx) is missing.
+    Args:
+        ckpt_path: the checkpoint (e.g. `<run>/checkpoints/model.ckpt`).
+        format: bioimageio, onnx or torchscript (`FORMATS`).
+        output: the file to write (atomically).
+        overwrite: replace an existing `output`.
+        image: bioimageio only, like every argument below: an array or an image file for the test tensors and
+            the cover.
+        name: the model's name.
+        description: one paragraph on what the model does.
+        authors: dicts with name, affiliation, orcid, github_user, or plain names.
+        license: an SPDX id.
+        cite: dicts with text and doi or url (default: the DSB2018 and U-Net papers).
+        tags: bioimage.io tags.
+        training_data: free text for the package's README.
+        version: the package's version.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: a bad argument, or the `export` extra (bioimageio.spec, onnx) missing.
+        CheckpointError: a checkpoint that is not nucseg's or does not load.
+
+    Example:
+        >>> from nucseg import export_model
+        >>> export_model("outputs/train/runs/<run>/checkpoints/model.ckpt", "onnx", "model.onnx")  # doctest: +SKIP
+        PosixPath('model.onnx')
     """
     import torch
 

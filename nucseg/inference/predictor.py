@@ -30,6 +30,7 @@ from nucseg.inference.sliding_window import sliding_window_inference
 from nucseg.inference.tta import tta_mean
 from nucseg.metrics.calibration import image_temperature
 from nucseg.models.module import SegmentationModule, load_module
+from nucseg.settings import LEGACY_SCORE, Blend, UncertaintyMethod, UncertaintySettings, WindowSettings
 from nucseg.uncertainty.ood import FeatureDensity, FeatureTap
 from nucseg.uncertainty.review import needs_review
 from nucseg.utils.errors import CheckpointError
@@ -63,11 +64,20 @@ def _drop_alpha(raw: np.ndarray) -> np.ndarray:
 class Predictor:
     """A loaded model plus the inference settings: an image of any size and bit depth -> nuclei.
 
-    Build it with `Predictor.from_checkpoint(path)`; the constructor takes an already loaded module.
+    Build it with `Predictor.from_checkpoint(path)`; the constructor takes an already loaded module. The
+    settings stored with the model (tuned post-processing, uncertainty method, review threshold, temperatures,
+    OOD density) are used unless overridden.
+
+    Example:
+        >>> from nucseg import Predictor
+        >>> predictor = Predictor.from_checkpoint("outputs/train/runs/<run>/checkpoints/model.ckpt")  # doctest: +SKIP
+        >>> result = predictor.predict_file("cells.png")  # doctest: +SKIP
+        >>> result.count, result.needs_review, result.nuclei.head()  # doctest: +SKIP
     """
 
-    def __init__(self, module: SegmentationModule, device: str | torch.device = "cpu", tile: int = 512,
-                 overlap: float = 0.25, blend: str = "gaussian", tile_batch_size: int = 1,
+    def __init__(self, module: SegmentationModule, device: str | torch.device = "cpu",
+                 tile: int = WindowSettings.tile, overlap: float = WindowSettings.overlap,
+                 blend: str = WindowSettings.blend, tile_batch_size: int = WindowSettings.tile_batch_size,
                  tta: bool | str | Sequence[str] | None = False, postprocess: dict | None = None,
                  uncertainty: dict | None = None, ood_threshold: float | str | None = None):
         check_settings(device=str(device), tile=tile, overlap=overlap, blend=blend, tile_batch_size=tile_batch_size,
@@ -82,15 +92,17 @@ class Predictor:
         self.uncertainty, self.members = self._uncertainty_settings(uncertainty)
         self.calibration = dict(hp.get("calibration") or {})
         self.density, self.ood_threshold = _ood_settings(hp.get("ood"), ood_threshold)
-        self.method = self.uncertainty["method"] if self.uncertainty else "none"
-        self.tile, self.overlap, self.blend, self.tile_batch_size = tile, overlap, blend, tile_batch_size
+        self.method = str(self.uncertainty.method) if self.uncertainty else "none"
+        self.window = WindowSettings(tile=tile, overlap=overlap, blend=Blend.parse(blend, "blend"),
+                                     tile_batch_size=tile_batch_size)
         self.tta = None if tta in (False, None, "none", "false") else ("all" if tta is True else tta)
         if isinstance(self.tta, str) and self.tta not in ("flips", "all"):
             raise ValueError(f"tta: expected false, flips, all or a list of op names, got {tta!r}")
         if self.method != "none" and self.review_threshold() is None:
             log.warning("uncertainty.review_threshold of the checkpoint is %r, not a number: needs_review is left "
                         "empty; pass uncertainty.review_threshold=<value>, or use the run's checkpoints/model.ckpt "
-                        "(last.ckpt is for resuming training)", (self.uncertainty or {}).get("review_threshold"))
+                        "(last.ckpt is for resuming training)",
+                        self.uncertainty.review_threshold if self.uncertainty else None)
         if self.postprocess.get("tune") and not self.postprocess.get("tuned") and not postprocess:
             log.warning("the checkpoint's post-processing was to be tuned on validation but holds no tuned values: "
                         "predicting with the defaults; use the run's checkpoints/model.ckpt (last.ckpt is for "
@@ -113,24 +125,37 @@ class Predictor:
         """Load a checkpoint written by `python -m nucseg.train` (weights only, strictly), or a bioimage.io
         package (.zip) written from one by `nucseg.export_model`.
 
-        `postprocess` / `uncertainty`: keys to change (e.g. `{"min_size": 30}`, `{"method": "none"}`); keys
-        absent or None keep the checkpoint's values. `device`: "cpu", "cuda", "cuda:1" or "auto". `tile`
-        (pixels, a multiple of 32; default 512), `overlap` (fraction of a tile; 0.25), `blend` ("gaussian")
-        and `tile_batch_size` (1) set the sliding window; `tta` ("flips", "all"; off by default) averages
-        flipped / rotated passes for models without an uncertainty method. `ood_threshold`: the OOD score
-        above which an image is "unlike the training data" (None: the checkpoint's; "off": no OOD flag).
-        """
-        defaults = {"tile": 512, "overlap": 0.25, "blend": "gaussian", "tile_batch_size": 1, "tta": False}
-        given = {"tile": tile, "overlap": overlap, "blend": blend, "tile_batch_size": tile_batch_size, "tta": tta}
-        window = _merge(defaults, given)
-        check_settings(ckpt_path=str(path), device=str(device), postprocess=postprocess, uncertainty=uncertainty,
-                       ood_threshold=ood_threshold,
-                       **{k: v for k, v in window.items() if k != "tta"})
-        return cls(_load_model(path), device=device, postprocess=postprocess, uncertainty=uncertainty,
-                   tile=int(window["tile"]), overlap=float(window["overlap"]), blend=str(window["blend"]),
-                   tile_batch_size=int(window["tile_batch_size"]), tta=window["tta"], ood_threshold=ood_threshold)
+        Args:
+            path: the checkpoint or package.
+            device: "cpu", "cuda", "cuda:1" or "auto".
+            tile: sliding-window tile side in pixels, a multiple of 32 (None: `WindowSettings.tile`, 512).
+            overlap: fraction of a tile that neighbours share (None: 0.25).
+            tta: "flips" or "all" averages flipped / rotated passes for models without an uncertainty method
+                (None / False: off).
+            uncertainty: keys of the stored uncertainty settings to change (e.g. `{"method": "none"}`,
+                `{"samples": 8}`); absent or None keys keep the checkpoint's values.
+            postprocess: keys of the stored post-processing to change (e.g. `{"min_size": 30}`).
+            blend: "gaussian" or "constant" tile blending (None: gaussian).
+            tile_batch_size: tiles per forward pass (None: 1).
+            ood_threshold: the OOD score above which an image is "unlike the training data" (None: the
+                checkpoint's; "off": no OOD flag).
 
-    def _uncertainty_settings(self, overrides: dict | None) -> tuple[dict | None, list]:
+        Returns:
+            A Predictor on `device`.
+
+        Raises:
+            ConfigError: a bad argument, named with what was expected.
+            CheckpointError: a file that is not a nucseg checkpoint or package, or that does not fit.
+        """
+        given = {"tile": tile, "overlap": overlap, "blend": blend, "tile_batch_size": tile_batch_size}
+        check_settings(ckpt_path=str(path), device=str(device), postprocess=postprocess, uncertainty=uncertainty,
+                       ood_threshold=ood_threshold, **{k: v for k, v in given.items() if v is not None})
+        window = WindowSettings.from_values(**given)
+        return cls(_load_model(path), device=device, postprocess=postprocess, uncertainty=uncertainty,
+                   tile=window.tile, overlap=window.overlap, blend=window.blend,
+                   tile_batch_size=window.tile_batch_size, tta=tta or False, ood_threshold=ood_threshold)
+
+    def _uncertainty_settings(self, overrides: dict | None) -> tuple[UncertaintySettings | None, list]:
         """The checkpoint's uncertainty settings with the overrides; None for one deterministic pass
         (then a model's MC dropout is switched off)."""
         from nucseg.models.mc_dropout import set_mc_dropout
@@ -141,11 +166,11 @@ class Predictor:
         # method=none asked for explicitly: no sampling, even for a model with MC dropout
         off = (overrides or {}).get("method") == "none"
         settings = None if off else resolve_settings(merged, net)
-        set_mc_dropout(net, settings is not None and settings["method"] == "mc_dropout")
+        set_mc_dropout(net, settings is not None and settings.method is UncertaintyMethod.MC_DROPOUT)
         members: list = []
-        if settings and settings["method"] == "ensemble":
-            members = load_ensemble(settings.get("checkpoints") or [], device=self.device)
-            if settings.get("include_self", True):
+        if settings and settings.method is UncertaintyMethod.ENSEMBLE:
+            members = load_ensemble(settings.checkpoints, device=self.device)
+            if settings.include_self:
                 members = [net, *members]
         return settings, members
 
@@ -171,10 +196,10 @@ class Predictor:
     def _window(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         """`fn` over the tiles of the (1, 3, H, W) uint8 image `x`, each tile scaled to [0, 1] floats on its own:
         a float copy of a whole 8192-px image would cost 0.8 GB."""
-        return sliding_window_inference(lambda t: fn(t.float().div(255.0)), x, tile=self.tile,
-                                        overlap=self.overlap, blend=self.blend,
+        return sliding_window_inference(lambda t: fn(t.float().div(255.0)), x, tile=self.window.tile,
+                                        overlap=self.window.overlap, blend=self.window.blend,
                                         pad_multiple=int(self.module.pad_multiple),
-                                        tile_batch_size=self.tile_batch_size, output_device="cpu")
+                                        tile_batch_size=self.window.tile_batch_size, output_device="cpu")
 
     def probabilities(self, image: np.ndarray) -> tuple[Tensor, Tensor | None]:
         """A prepared (H, W, 3) uint8 image (see `prepare`) -> the (1, K, H, W) float32 probabilities on the
@@ -206,9 +231,8 @@ class Predictor:
         def fn(tiles: Tensor) -> Tensor:
             outs = []
             for tile in tiles.split(1):
-                s = sample_probs(self.module.net, tile, u["method"], int(u.get("samples") or 1),
-                                 seed=u.get("seed"), models=self.members, batch_size=u.get("batch_size"),
-                                 tta_ops=u.get("tta_ops") or "all",
+                s = sample_probs(self.module.net, tile, u.method, u.samples,
+                                 seed=u.seed, models=self.members, batch_size=u.batch_size, tta_ops=u.tta_ops,
                                  pad_multiple=int(self.module.pad_multiple))  # (T, 1, K, h, w)
                 shape["T"], shape["K"] = s.shape[0], s.shape[2]
                 outs.append(s.transpose(0, 1).reshape(1, -1, *s.shape[-2:]))
@@ -219,15 +243,20 @@ class Predictor:
 
     def review_threshold(self) -> float | None:
         """needs_review = certainty < this; None when the settings hold no numeric threshold."""
-        value = (self.uncertainty or {}).get("review_threshold")
+        value = self.uncertainty.review_threshold if self.uncertainty else None
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     # ------------------------------------------------------------------------------------------- results
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment, count and measure the nuclei of one image.
 
-        `image`: (H, W) or (H, W, C) array, C in 1-4 (an alpha channel is ignored), uint8, uint16 or float;
-        normalised here as in training. Nucleus intensities are measured in the array's own units.
+        Args:
+            image: (H, W) or (H, W, C) array, C in 1-4 (an alpha channel is ignored), uint8, uint16 or float;
+                normalised here as in training. Nucleus intensities are measured in the array's own units.
+
+        Returns:
+            A `Prediction`: (H, W) int32 `labels`, (K, H, W) `probs`, the `nuclei` table, and with an
+            uncertainty method the `certainty`, its maps, `needs_review` and `review_reason`.
         """
         from nucseg.instances.measure import measure_instances
         from nucseg.instances.watershed import probs_to_instances
@@ -247,11 +276,11 @@ class Predictor:
                           nonfinite_pixels=check.nonfinite_pixels, warning=check.warning)
         thr = None
         if samples is not None:
-            from nucseg.uncertainty.scores import LEGACY_SCORE, image_scores, pixel_uncertainty
+            from nucseg.uncertainty.scores import image_scores, pixel_uncertainty
 
             maps = pixel_uncertainty(samples)
             pred.uncertainty = {k: _foreground_map(v) for k, v in maps.items() if k != "mean"}
-            score = str((self.uncertainty or {}).get("score", LEGACY_SCORE))
+            score = str(self.uncertainty.score) if self.uncertainty else str(LEGACY_SCORE)
             pred.certainty = float(image_scores(samples, float(self.module.threshold))[score][0])
             thr = self.review_threshold()
             pred.review_threshold = thr

@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 from nucseg.models.padding import pad_to
+from nucseg.settings import WindowSettings
+
+__all__ = ["blend_weights", "sliding_window_inference", "tile_starts"]
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
@@ -50,20 +53,38 @@ def blend_weights(h: int, w: int, blend: str = "gaussian", sigma_scale: float = 
 def sliding_window_inference(
     fn: Callable[[Tensor], Tensor],
     image: Tensor,
-    tile: int = 512,
-    overlap: float = 0.25,
-    blend: str = "gaussian",
+    tile: int = WindowSettings.tile,
+    overlap: float = WindowSettings.overlap,
+    blend: str = WindowSettings.blend,
     pad_multiple: int = 32,
-    tile_batch_size: int = 1,
+    tile_batch_size: int = WindowSettings.tile_batch_size,
     sigma_scale: float = 0.125,
     output_device: torch.device | str | None = None,
 ) -> Tensor:
-    """Apply `fn` ((N,C,h,w) -> (N,K,h,w), any K) tile by tile to `image` (B,C,H,W); return (B,K,H,W) float32.
+    """Apply `fn` tile by tile to an image of any size and blend the tiles' outputs.
 
-    `tile` is the tile side (a multiple of `pad_multiple`); a side shorter than `tile` is reflect-padded to the
-    next multiple of `pad_multiple` and covered by one tile. `tile_batch_size` tiles go through `fn` together.
-    `output_device` holds the blended output (e.g. "cpu" for very large images or many stacked samples while
-    the model runs on a GPU); by default the image's device.
+    A side shorter than `tile` is reflect-padded to the next multiple of `pad_multiple` and covered by one tile.
+
+    Args:
+        fn: the model, (N, C, h, w) -> (N, K, h, w) for any K.
+        image: (B, C, H, W) input.
+        tile: tile side in pixels, a multiple of `pad_multiple` (`WindowSettings.tile`).
+        overlap: fraction of a tile that neighbouring tiles share, 0 <= overlap < 1.
+        blend: "gaussian" (tile borders weigh less) or "constant" (plain average).
+        pad_multiple: the network's input stride.
+        tile_batch_size: tiles per call of `fn`.
+        sigma_scale: Gaussian sigma as a fraction of the tile side.
+        output_device: where the blended output is held (e.g. "cpu" for very large images or many stacked
+            samples while the model runs on a GPU); by default the image's device.
+
+    Returns:
+        (B, K, H, W) float32 blended output, cropped back to the image's size.
+
+    Example:
+        >>> import torch
+        >>> out = sliding_window_inference(lambda t: t[:, :1] * 2, torch.ones(1, 3, 100, 700), tile=256)
+        >>> tuple(out.shape), float(out.max())
+        ((1, 1, 100, 700), 2.0)
     """
     if image.ndim != 4:
         raise ValueError(f"image: expected a (B,C,H,W) tensor, got shape {tuple(image.shape)}")

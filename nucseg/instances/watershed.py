@@ -14,9 +14,12 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from nucseg.settings import PostprocessMethod
+
+__all__ = ["fill_object_holes", "postprocess_settings", "probs_to_instances", "watershed_in_bands"]
+
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "cc", "watershed")
 # postprocess keys that say how the settings were chosen (postprocess=auto), not settings themselves
 META_KEYS = frozenset({"tune", "tuned", "objective"})
 _warned: set[str] = set()
@@ -134,15 +137,31 @@ def probs_to_instances(
     grow: bool = False,
     **kwargs: Any,
 ) -> np.ndarray:
-    """(K, H, W) probabilities -> (H, W) int32 labels 1..N (0 = background).
+    """Probabilities -> instance labels.
 
-    method: "cc" connected components of `probs[0] > threshold`; "watershed" seeds = foreground minus pixels
-    whose contour/touching probability exceeds `contour_threshold`, grown over the foreground along the border
-    probability (needs K >= 2); "auto" watershed when K >= 2, else cc. Objects under `min_size` pixels are
-    dropped, seeds under `seed_min_size` pixels ignored, holes inside single objects filled. `grow` then floods
-    the objects over the background along the background probability 1 - probs[0] (a watershed on the membrane
-    map), so every pixel belongs to an object: for tissue that objects tile, such as EM cells. Extra keyword
-    arguments let callers pass a whole `postprocess` config; unknown keys are logged once and ignored.
+    Args:
+        probs: (K, H, W) probabilities (or (H, W) for K = 1): foreground, then contour and touching borders.
+        method: "cc": connected components of `probs[0] > threshold`; "watershed": seeds = foreground minus
+            pixels whose contour/touching probability exceeds `contour_threshold`, grown over the foreground
+            along the border probability (needs K >= 2); "auto": watershed when K >= 2, else cc
+            (`nucseg.settings.PostprocessMethod`).
+        threshold: foreground probability threshold.
+        contour_threshold: border probability above which a pixel is not a seed.
+        min_size: objects under this many pixels are dropped.
+        fill_holes: fill holes inside single objects.
+        seed_min_size: seeds under this many pixels are ignored.
+        grow: flood the objects over the background along 1 - probs[0] (a watershed on the membrane map), so
+            every pixel belongs to an object: for tissue that objects tile, such as EM cells.
+        **kwargs: the rest of a whole `postprocess` config; unknown keys are logged once and ignored.
+
+    Returns:
+        (H, W) int32 labels 1..N, 0 = background.
+
+    Example:
+        >>> import numpy as np
+        >>> probs = np.zeros((1, 32, 32), np.float32); probs[0, 2:10, 2:10] = probs[0, 20:30, 20:30] = 0.9
+        >>> int(probs_to_instances(probs).max())
+        2
     """
     for key in kwargs:
         if key not in _warned and key not in META_KEYS:
@@ -153,8 +172,7 @@ def probs_to_instances(
         probs = probs[None]
     if probs.ndim != 3 or probs.shape[0] < 1:
         raise ValueError(f"probs_to_instances: expected probabilities of shape (K, H, W), got {probs.shape}")
-    if method not in METHODS:
-        raise ValueError(f"postprocess.method: expected one of {METHODS}, got {method!r}")
+    method = PostprocessMethod.parse(method, "postprocess.method")
     if method == "auto":
         method = "watershed" if probs.shape[0] >= 2 else "cc"
     if method == "watershed":

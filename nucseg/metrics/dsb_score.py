@@ -147,12 +147,12 @@ class DSBScore(Metric):
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
-    SCORES = ("dsb_score", "ap50", "count_error")
+    METRICS = ("dsb_score", "ap50", "count_error")
     n_images: Tensor
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        for name in self.SCORES:
+        for name in self.METRICS:
             self.add_state(f"{name}_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.last: list[dict[str, float | int]] = []
@@ -166,13 +166,13 @@ class DSBScore(Metric):
             raise ValueError(f"DSBScore: preds {preds.shape} and target {target.shape} differ in shape")
         self.last = [instance_scores(t, p) for p, t in zip(preds, target, strict=True)]
         for s in self.last:
-            for name in self.SCORES:
+            for name in self.METRICS:
                 state = getattr(self, f"{name}_sum")
                 state += float(s[name])
             self.n_images += 1
 
     def compute(self) -> dict[str, Tensor]:
-        """Means of `SCORES` over the images, and `n_images` (0: nothing was scored, the means are 0)."""
+        """Means of `METRICS` over the images, and `n_images` (0: nothing was scored, the means are 0)."""
         n = self.n_images.clamp_min(1).double()
-        out = {name: (getattr(self, f"{name}_sum") / n).float() for name in self.SCORES}
+        out = {name: (getattr(self, f"{name}_sum") / n).float() for name in self.METRICS}
         return {**out, "n_images": self.n_images.clone()}

@@ -12,10 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from nucseg.metrics.pixel import dice_score
+from nucseg.settings import CertaintyScore, UncertaintyMethod, UncertaintySettings
 from nucseg.uncertainty.sampling import eval_mode, load_ensemble, resolve_settings, sample_probs
 from nucseg.uncertainty.scores import image_scores, pixel_uncertainty
 
-__all__ = ["deterministic_probs", "ensemble_members", "image_rows", "module_samples", "module_settings"]
+__all__ = ["deterministic_probs", "ensemble_members", "image_rows", "module_samples", "module_settings", "pad_multiple"]
 
 HEATMAPS = ("entropy", "mutual_info", "variance")
 
@@ -26,27 +27,36 @@ def _net(pl_module: L.LightningModule) -> nn.Module:
     return net
 
 
-def module_settings(pl_module: L.LightningModule) -> dict[str, Any] | None:
-    """Effective uncertainty settings of a SegmentationModule (None: nothing to estimate)."""
+def pad_multiple(pl_module: L.LightningModule) -> int:
+    """The stride its inputs are padded to (`SegmentationModule.pad_multiple`: the encoder's)."""
+    pad = pl_module.pad_multiple
+    if not isinstance(pad, int):
+        raise TypeError(f"{type(pl_module).__name__}.pad_multiple: expected an int, got {pad!r}")
+    return pad
+
+
+def module_settings(pl_module: L.LightningModule) -> UncertaintySettings | None:
+    """Effective uncertainty settings of a SegmentationModule, from its hparams (None: nothing to estimate)."""
     cfg = getattr(pl_module, "hparams", {}).get("uncertainty")
     return resolve_settings(dict(cfg) if cfg else None, _net(pl_module))
 
 
-def module_samples(pl_module: L.LightningModule, image: Tensor, settings: dict[str, Any],
+def module_samples(pl_module: L.LightningModule, image: Tensor, settings: UncertaintySettings,
                    models: list | None = None, samples: int | None = None) -> Tensor:
-    """(T,B,K,H,W) samples for whole images of any size, padded to the module's `pad_multiple` and cropped back."""
-    return sample_probs(_net(pl_module), image.to(pl_module.device), method=settings["method"],
-                        samples=int(samples or settings.get("samples") or 1), seed=settings.get("seed"), models=models,
-                        batch_size=settings.get("batch_size"), tta_ops=settings.get("tta_ops", "all"),
-                        pad_multiple=int(getattr(pl_module, "pad_multiple", 32)))
+    """(T,B,K,H,W) samples for whole images (B,C,H,W) of any size, padded to the module's `pad_multiple` and
+    cropped back. `samples` overrides `settings.samples` (mc_dropout)."""
+    return sample_probs(_net(pl_module), image.to(pl_module.device), method=settings.method,
+                        samples=int(samples or settings.samples), seed=settings.seed, models=models,
+                        batch_size=settings.batch_size, tta_ops=settings.tta_ops,
+                        pad_multiple=pad_multiple(pl_module))
 
 
-def ensemble_members(pl_module: L.LightningModule, settings: dict[str, Any]) -> list | None:
+def ensemble_members(pl_module: L.LightningModule, settings: UncertaintySettings) -> list | None:
     """The member networks for `method=ensemble` (the module's own first when `include_self`), else None."""
-    if settings["method"] != "ensemble":
+    if settings.method is not UncertaintyMethod.ENSEMBLE:
         return None
-    members = ([_net(pl_module)] if settings.get("include_self", True) else [])
-    members += load_ensemble(settings.get("checkpoints") or [], pl_module.device)
+    members = ([_net(pl_module)] if settings.include_self else [])
+    members += load_ensemble(settings.checkpoints, pl_module.device)
     if len(members) < 2:
         raise ValueError("uncertainty.method=ensemble needs at least 2 members: list trained checkpoints in "
                          "uncertainty.checkpoints (paths or globs), e.g. the jobs of a multirun")
@@ -63,7 +73,7 @@ def deterministic_probs(pl_module: L.LightningModule, batch: dict, outputs: Any 
 
 
 def image_rows(samples: Tensor, batch: dict, det_probs: Tensor | None, threshold: float,
-               heatmap: str = "entropy", score: str = "dice_agreement") -> list[dict[str, Any]]:
+               heatmap: str = "entropy", score: str = CertaintyScore.DICE_AGREEMENT) -> list[dict[str, Any]]:
     """One row per image of `batch` from its (T,B,K,H,W) `samples`: id, certainty (the `score` of
     `image_scores`), every candidate score (`score_*`), mean uncertainty maps (`mean_*`), the Dice of the mean
     prediction (`dice_mc`) and of the deterministic one (`dice_det`; NaN when unlabelled or not given). `_maps` holds

@@ -12,11 +12,9 @@ one interface (`sample_probs`):
 from __future__ import annotations
 
 import contextlib
-import copy
-import functools
 import glob
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,15 @@ from torch import Tensor, nn
 from nucseg.inference.tta import get_ops
 from nucseg.models.mc_dropout import has_mc_dropout, mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
-from nucseg.uncertainty.scores import LEGACY_SCORE, SCORES
+from nucseg.settings import UncertaintyMethod, UncertaintySettings
+
+__all__ = ["SAMPLING_METHODS", "checkpoint_paths", "eval_mode", "load_ensemble", "resolve_settings",
+           "sample_probs", "seeded"]
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mc_dropout", "tta", "ensemble")
+# the methods that draw samples (`none` draws none)
+SAMPLING_METHODS = tuple(m for m in UncertaintyMethod.values() if m != UncertaintyMethod.NONE)
 # Auto chunking: image copies per forward pass are capped so one chunk holds about this many pixels. On a GPU
 # big batches fill the device (activations of the decoder at full resolution bound memory); on a CPU big
 # batches only thrash the caches: experiments/bench_mc_sampling.py measured one 256x256 copy per pass fastest.
@@ -132,19 +134,38 @@ def sample_probs(
     tta_ops: Sequence[str] | str = "all",
     pad_multiple: int = 32,
 ) -> Tensor:
-    """Sigmoid probabilities (T,B,K,H,W) of `x` (B,C,H,W) at its own size, `T` samples per image.
+    """`T` sigmoid probability samples per image from the model's approximate posterior.
 
-    `samples` is `T` for mc_dropout; for tta, T is the number of ops in `tta_ops`; for ensemble, the number
-    of `models` (then `net` is not used and may be None). `seed` fixes the dropout masks (the caller's RNG
-    state is left as it was): the same seed, `batch_size` and device give the same samples; another chunking
-    draws other (equally valid) masks. `batch_size` caps the image copies per forward pass (None: a pixel budget).
-    Networks run in eval mode; inputs are reflect-padded to a multiple of `pad_multiple` (the module's
-    `pad_multiple`: its encoder's stride) and the outputs cropped back.
+    Networks run in eval mode (MC dropout on for mc_dropout only); inputs are reflect-padded to a multiple of
+    `pad_multiple` and the outputs cropped back.
+
+    Args:
+        net: the network (logits out); not used by ensemble (may be None).
+        x: (B, C, H, W) images, any H and W.
+        method: mc_dropout, tta or ensemble (`nucseg.settings.UncertaintyMethod`).
+        samples: T for mc_dropout; tta draws one sample per op of `tta_ops`, ensemble one per member.
+        seed: fixes the dropout masks, leaving the caller's RNG state as it was: the same seed, `batch_size`
+            and device give the same samples; another chunking draws other (equally valid) masks.
+        models: the ensemble's member networks.
+        batch_size: image copies per forward pass (None: as many as fit a pixel budget).
+        tta_ops: "all", "flips" or op names of `nucseg.inference.tta`.
+        pad_multiple: the network's input stride (`SegmentationModule.pad_multiple`).
+
+    Returns:
+        (T, B, K, H, W) probabilities.
+
+    Example:
+        >>> import torch
+        >>> from nucseg.models.factory import build_model
+        >>> net = build_model(arch="unet", encoder_name="resnet18", encoder_depth=3, classes=1,
+        ...                   mc_dropout={"rate": 0.2, "where": "decoder"})
+        >>> sample_probs(net, torch.rand(2, 3, 40, 50), samples=4, seed=0).shape
+        torch.Size([4, 2, 1, 40, 50])
     """
     if x.ndim != 4:
         raise ValueError(f"sample_probs: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
-    if method not in METHODS:
-        raise ValueError(f"uncertainty.method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if method not in SAMPLING_METHODS:
+        raise ValueError(f"uncertainty.method: expected one of {', '.join(SAMPLING_METHODS)}, got {method!r}")
     padded, (h, w) = pad_to_multiple(x, pad_multiple)
     with seeded(seed, x.device):
         if method == "mc_dropout":
@@ -199,64 +220,11 @@ def _chunked_forward(net: nn.Module, x: Tensor, batch_size: int | None) -> Tenso
 
 
 # --------------------------------------------------------------------------- configuration
-def method_defaults(method: str) -> dict[str, Any]:
-    """The default settings of an uncertainty method: `conf/uncertainty/_base.yaml` merged with
-    `conf/uncertainty/<method>.yaml` (in the source checkout or, installed, inside the package), the one home
-    of these defaults; checkpoints written by `nucseg.train` carry every setting."""
-    return copy.deepcopy(_method_defaults(method))
-
-
-@functools.cache
-def _method_defaults(method: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    from nucseg.utils.config import CONF_DIR
-
-    folder = CONF_DIR / "uncertainty"
-    merged: dict[str, Any] = {}
-    for name in ("_base", method):
-        path = folder / f"{name}.yaml"
-        if not path.is_file():
-            log.debug("no %s: uncertainty defaults come from the checkpoint alone", path)
-            return {}
-        node = OmegaConf.to_container(OmegaConf.load(path))
-        assert isinstance(node, dict)
-        merged.update({str(k): v for k, v in node.items() if k != "defaults"})
-    return merged
-
-
-def resolve_settings(cfg: dict[str, Any] | None, net: nn.Module) -> dict[str, Any] | None:
-    """The effective uncertainty settings for `net`, or None when there is nothing to estimate: `cfg` over
-    the method's defaults (`method_defaults`), so settings stored before a key existed still resolve.
-
-    A model with MC dropout is evaluated with it even when `uncertainty.method` was left at `none` (its
-    dropout is on at inference anyway); `mc_dropout` on a model without MC dropout is a configuration error.
-    """
-    method = dict(cfg or {}).get("method") or "none"
-    if method == "none":
-        if not has_mc_dropout(net):
-            return None
-        log.info("the model has MC dropout and uncertainty.method=none: evaluating it with mc_dropout")
-        method = "mc_dropout"
-    if method not in METHODS:
-        raise ValueError(f"uncertainty.method: expected none, {', '.join(METHODS)}; got {method!r}")
-    if method == "mc_dropout" and not has_mc_dropout(net):
-        raise ValueError("uncertainty.method=mc_dropout, but the model has no MC dropout: use model=bayes_unet "
-                         "or add a model.mc_dropout block ({rate: 0.2, where: decoder}), or choose "
-                         "uncertainty.method=tta|ensemble")
-    settings = {**method_defaults(method), **dict(cfg or {})}
-    if "score" not in dict(cfg or {}):  # stored before the key existed: its review threshold is on that scale
-        settings["score"] = LEGACY_SCORE
-    if settings["score"] not in SCORES:
-        raise ValueError(f"uncertainty.score: expected one of {', '.join(SCORES)}, got {settings['score']!r}")
-    rt = settings.get("review_threshold")
-    if not (rt == "auto" or isinstance(rt, int | float)):
-        raise ValueError(f"uncertainty.review_threshold: expected 'auto' or a number in [0, 1], got {rt!r}")
-    budget = settings.get("review_budget")
-    if not (isinstance(budget, int | float) and 0.0 <= budget <= 1.0):
-        raise ValueError(f"uncertainty.review_budget: expected a fraction in [0, 1], got {budget!r}")
-    settings["method"] = method
-    return settings
+def resolve_settings(cfg: Mapping[str, Any] | None, net: nn.Module, strict: bool = False) -> UncertaintySettings | None:
+    """The effective uncertainty settings for `net`, or None when there is nothing to estimate: `cfg` (a
+    config's or a checkpoint's `uncertainty` block) over the defaults of `UncertaintySettings`. See
+    `UncertaintySettings.from_mapping`; `net` decides whether the model has MC dropout."""
+    return UncertaintySettings.from_mapping(cfg, has_mc_dropout=has_mc_dropout(net), strict=strict)
 
 
 def checkpoint_paths(patterns: Sequence[str]) -> list[Path]:

@@ -26,10 +26,6 @@ from nucseg.metrics.pixel import dice_score
 
 log = logging.getLogger(__name__)
 
-# the candidate image certainties of `image_scores`; `uncertainty.score` picks the one reported as certainty
-SCORES = ("dice_agreement", "entropy", "fg_entropy", "fg_mutual_info")
-# what a checkpoint written before `uncertainty.score` existed used (its review threshold is on this scale)
-LEGACY_SCORE = "dice_agreement"
 
 
 def _foreground(samples: Tensor) -> Tensor:

@@ -24,6 +24,8 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from nucseg.data.io import atomic_write_text
+from nucseg.settings import UncertaintyMethod
+from nucseg.uncertainty.estimate import module_settings
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.train_precision import settle_train_precision
 
@@ -248,8 +250,9 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
     test_mp, n_test = _megapixels(datamodule, "test", cfg.trainer.get("limit_test_batches"))
     log.info("budget: decode cache ready in %.0f s", time.perf_counter() - t)
     step_s, step_times = settle_train_precision(module, datamodule, int(b.timing_steps), int(b.warmup_steps))
-    unc = dict(module.hparams.get("uncertainty") or {})
-    samples = int(unc.get("samples") or 0)
+    unc = module_settings(module)
+    # forward passes per image of the MC test (tta / ensemble uncertainty is not planned for)
+    samples = unc.samples if unc is not None and unc.method is UncertaintyMethod.MC_DROPOUT else 0
     fwd_mp, mc_mp, post_img, trial_img = _time_eval(module, datamodule, int(b.timing_images), samples)
     overhead = float(b.eval_overhead)  # metrics, loaders and logging around the measured forward passes
     instance = module.hparams.get("targets") == "instance"
@@ -260,7 +263,7 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
     review_mp, _ = _megapixels(datamodule, "val", _cap(callbacks, "uncertainty", cfg.trainer.get("limit_val_batches")))
     tune_mp, n_tune = _megapixels(datamodule, "val",
                                   _cap(callbacks, "postprocess_tuning", cfg.trainer.get("limit_val_batches")))
-    review = unc.get("review_threshold", "auto") == "auto" and mc_mp > 0
+    review = unc is not None and unc.review_threshold == "auto" and mc_mp > 0
     tune = bool((module.hparams.get("postprocess") or {}).get("tune"))
     test_s = overhead * (
         fwd_mp * test_mp + post_img * n_test * (2 if instance else 0)  # watershed + connected components

@@ -10,57 +10,16 @@ image read; `friendly_errors` turns it into exit status 2. A key absent from an 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nucseg.uncertainty.scores import SCORES
+from nucseg.settings import STRIDE, setting_rules
 from nucseg.utils.errors import ConfigError
+from nucseg.utils.rules import UNIT, Rule, either, integer, is_int, number, one_of
 
 __all__ = ["RULES", "Rule", "check_config", "violations"]
-
-STRIDE = 32  # the networks' input stride (SegmentationModule.pad_multiple): tiles and crops are multiples of it
-
-
-@dataclass(frozen=True)
-class Rule:
-    """`ok(value)` is True for an acceptable value; `expected` says what is acceptable, for the message.
-    `entries`: the entry points whose key this is (None: every entry point that has the key); `required`:
-    a missing value (`???`) is an error too."""
-
-    ok: Callable[[Any], bool]
-    expected: str
-    entries: frozenset[str] | None = None
-    required: bool = False
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def integer(lo: int, multiple: int = 1) -> Callable[[Any], bool]:
-    return lambda v: _is_int(v) and v >= lo and v % multiple == 0
-
-
-def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], bool]:
-    """A finite number in the interval [lo, hi], ends excluded where `*_open`."""
-    return lambda v: (_is_number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
-
-
-def either(*checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: any(c(v) for c in checks)
-
-
-def one_of(*values: Any) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, str | bool | int) and v in values
-
 
 def _devices(v: Any) -> bool:
     """Lightning's `devices`: a count >= 1, -1 or "auto" (all), a list of device indices or "0,1"."""
@@ -68,8 +27,8 @@ def _devices(v: Any) -> bool:
         indices = [p.strip() for p in v.split(",") if p.strip()]
         return v in ("auto", "-1") or (bool(indices) and all(p.isdigit() for p in indices))
     if isinstance(v, list | tuple):
-        return bool(v) and all(_is_int(i) and i >= 0 for i in v)
-    return _is_int(v) and (v >= 1 or v == -1)
+        return bool(v) and all(is_int(i) and i >= 0 for i in v)
+    return is_int(v) and (v >= 1 or v == -1)
 
 
 def _device(v: Any) -> bool:
@@ -91,7 +50,6 @@ def _exists(v: Any) -> bool:
     return isinstance(v, str | Path) and Path(v).exists()
 
 
-UNIT = "a number between 0 and 1"
 # entry points whose ckpt_path is a file to read ("predictor": nucseg.Predictor.from_checkpoint)
 _LOADS = frozenset({"predict", "evaluate", "tune", "predictor"})
 RULES: dict[str, Rule] = {
@@ -105,21 +63,12 @@ RULES: dict[str, Rule] = {
     "merge": Rule(one_of(True, False), "true or false", frozenset({"predict", "predict_merge"})),
     "stack": Rule(one_of(True, False), "true or false", frozenset({"predict"})),
     # sliding-window prediction
-    "tile": Rule(integer(STRIDE, STRIDE), f"a positive multiple of {STRIDE} (e.g. 512)"),
-    "overlap": Rule(number(0, 1, hi_open=True), "a fraction of a tile, 0 <= overlap < 1 (e.g. 0.25)"),
-    "tile_batch_size": Rule(integer(1), "an integer >= 1"),
-    "blend": Rule(one_of("gaussian", "constant"), "gaussian or constant"),
     "device": Rule(_device, "auto, cpu, cuda, cuda:<index> or mps"),
     # post-processing and uncertainty
     "postprocess.threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
     "postprocess.contour_threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
     "postprocess.min_size": Rule(integer(0), "an integer >= 0 (pixels)"),
     "postprocess.grow": Rule(one_of(True, False), "true or false"),
-    "postprocess.objective": Rule(one_of("dsb_score", "rand_f"), "dsb_score or rand_f"),
-    "uncertainty.samples": Rule(integer(1), "an integer >= 1"),
-    "uncertainty.batch_size": Rule(integer(1), "an integer >= 1"),
-    "uncertainty.review_threshold": Rule(either(number(0, 1), one_of("auto")), f"{UNIT}, or auto"),
-    "uncertainty.score": Rule(one_of(*SCORES), ", ".join(SCORES)),
     "ood_threshold": Rule(either(number(0, math.inf, lo_open=True), one_of("off")),
                           "a positive OOD score above which an image is flagged, or off",
                           frozenset({"predict", "predictor"})),
@@ -140,6 +89,8 @@ RULES: dict[str, Rule] = {
     "overlays.max_images": Rule(integer(0), "an integer >= 0"),
     "overlays.alpha": Rule(number(0, 1), UNIT),
     "overlays.level": Rule(one_of("pixel", "object", "membrane"), "pixel, object or membrane"),
+    # the typed settings' own rules (sliding window, uncertainty, option names), written once in nucseg.settings
+    **setting_rules(),
 }
 
 

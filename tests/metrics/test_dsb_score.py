@@ -265,5 +265,5 @@ def test_instance_experiment_writes_dsb_scores(make_cfg, tmp_path: Path):
             metric.update(probs_to_instances(probs, **module.hparams.postprocess), batch["labels"][0])
     out = metric.compute()
     assert out["n_images"].item() == cfg.trainer.limit_test_batches
-    for name in DSBScore.SCORES:
+    for name in DSBScore.METRICS:
         assert out[name].item() == pytest.approx(data[f"test/{name}"], abs=1e-5)

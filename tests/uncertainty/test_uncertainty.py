@@ -16,6 +16,7 @@ from nucseg.models.factory import build_model
 from nucseg.models.mc_dropout import has_mc_dropout
 from nucseg.models.module import load_module
 from nucseg.models.padding import pad_to_multiple
+from nucseg.settings import CertaintyScore
 from nucseg.uncertainty.ood import FeatureDensity
 from nucseg.uncertainty.review import choose_review_threshold, review_reason
 from nucseg.uncertainty.sampling import (
@@ -27,7 +28,6 @@ from nucseg.uncertainty.sampling import (
     sample_probs,
 )
 from nucseg.uncertainty.scores import (
-    SCORES,
     budget_threshold,
     failure_auroc,
     image_certainty,
@@ -144,11 +144,11 @@ def test_auto_review_threshold_falls_back_to_the_budget_with_few_validation_fail
     cert = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90]
     dice = [0.9] * 9 + [0.5]  # one failure, the least certain image
     s = resolve_settings({"method": "mc_dropout", "review_budget": 0.2}, _mc_net())
-    chosen = choose_review_threshold(cert, dice, s["failure_dice"], s["min_val_failures"], s["review_budget"])
+    chosen = choose_review_threshold(cert, dice, s.failure_dice, s.min_val_failures, s.review_budget)
     assert chosen.value == pytest.approx(0.915) and chosen.rule == "budget"
     assert (chosen.n_images, chosen.n_failures) == (10, 1)
     # enough failures: Youden's J, between 0.90 and 0.91
-    chosen = choose_review_threshold(cert, dice, s["failure_dice"], 1, s["review_budget"])
+    chosen = choose_review_threshold(cert, dice, s.failure_dice, 1, s.review_budget)
     assert chosen.value == pytest.approx(0.905) and chosen.rule == "youden_j"
     with pytest.raises(ValueError, match="no labelled validation images"):
         choose_review_threshold([], [], 0.7, 5, 0.1)
@@ -234,7 +234,7 @@ def test_configuration_errors_name_the_keys():
     with pytest.raises(ValueError, match="review_threshold"):
         resolve_settings({"method": "tta", "review_threshold": "often"}, plain)
     assert resolve_settings({"method": "none"}, plain) is None
-    assert resolve_settings(None, _mc_net())["method"] == "mc_dropout"  # MC dropout is evaluated by default
+    assert resolve_settings(None, _mc_net()).method == "mc_dropout"  # MC dropout is evaluated by default
     with pytest.raises(ValueError, match="uncertainty.score"):
         resolve_settings({"method": "tta", "score": "vibes"}, plain)
 
@@ -242,8 +242,8 @@ def test_configuration_errors_name_the_keys():
 def test_a_checkpoint_without_a_score_keeps_the_score_its_review_threshold_was_chosen_on():
     plain = build_model("unet", "resnet18", encoder_depth=3)
     # written before uncertainty.score existed: its threshold is a Dice agreement, whatever the default now
-    assert resolve_settings({"method": "tta", "review_threshold": 0.9}, plain)["score"] == "dice_agreement"
-    assert resolve_settings({"method": "tta", "score": "fg_entropy"}, plain)["score"] == "fg_entropy"
+    assert resolve_settings({"method": "tta", "review_threshold": 0.9}, plain).score == "dice_agreement"
+    assert resolve_settings({"method": "tta", "score": "fg_entropy"}, plain).score == "fg_entropy"
 
 
 def test_bayes_unet_config_selects_mc_dropout(make_cfg):
@@ -369,7 +369,7 @@ def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tm
     # the run's per_image.csv joins the uncertainty rows (every candidate score) on the image id
     per_image = {r["id"]: r for r in csv.DictReader((tmp_path / "per_image.csv").open())}
     assert set(per_image) == {r["id"] for r in rows}
-    assert all(f"score_{s}" in next(iter(per_image.values())) for s in SCORES)
+    assert all(f"score_{s}" in next(iter(per_image.values())) for s in CertaintyScore.values())
 
     # the run's own figures carry the certainty of each image and its heatmap
     fig_rows = {r["id"]: r for r in csv.DictReader((tmp_path / "figures" / "per_image.csv").open())}
