@@ -35,8 +35,9 @@ from torch import Tensor
 from nucseg.data.io import atomic_write_text
 from nucseg.instances.tuning import TUNED_KEYS, TuneResult, tune_postprocess
 from nucseg.metrics.calibration import fit_temperature
+from nucseg.models.module import pad_multiple, pixel_threshold
 from nucseg.settings import UncertaintySettings
-from nucseg.uncertainty.estimate import ensemble_members, image_rows, module_samples, module_settings, pad_multiple
+from nucseg.uncertainty.estimate import ensemble_members, image_rows, module_samples, module_settings
 from nucseg.uncertainty.ood import OOD_DEFAULTS, FeatureDensity, check_ood_settings, encoder_features
 from nucseg.uncertainty.perturb import perturbed_copy
 from nucseg.uncertainty.review import ReviewThreshold, choose_review_threshold, ood_threshold
@@ -157,7 +158,7 @@ def calibrate(module: L.LightningModule, datamodule: Any, settings: CalibrationS
     device = module.device
     pad = pad_multiple(module)
     members = ensemble_members(module, unc) if unc is not None else None
-    threshold = float(getattr(module, "threshold", 0.5))
+    threshold = pixel_threshold(module)
     probs: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     pixels: dict[str, list[Tensor]] = {"val": [], "shift": []}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from nucseg.metrics.pixel import dice_score, iou_score
+from nucseg.models.module import pixel_threshold
 from nucseg.utils.files import safe_filename
 from nucseg.viz.images import as_uint8_rgb
 
@@ -35,7 +36,7 @@ class EvaluationWriter(L.Callback):
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        thr = float(getattr(pl_module, "threshold", 0.5))
+        thr = pixel_threshold(pl_module)
         probs = outputs["probs"].detach().float().cpu()
         for i in range(probs.shape[0]):
             pred = probs[i, 0] > thr

@@ -19,6 +19,7 @@ from nucseg.callbacks.scoring import ScoringCallback
 from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 from nucseg.metrics.dsb_score import DSBScore
 from nucseg.metrics.pixel import dice_score
+from nucseg.models.module import pixel_threshold
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class InstanceMetrics(ScoringCallback):
                 continue
             self._metrics[""].update(probs_to_instances(probs[i], **settings), labels[i])
             row = {"id": batch["id"][i], **self._metrics[""].last[0]}
-            fg_pred = probs[i, 0] > getattr(pl_module, "threshold", 0.5)
+            fg_pred = probs[i, 0] > pixel_threshold(pl_module)
             row["dice"] = float(dice_score(torch.from_numpy(fg_pred), torch.from_numpy(labels[i] > 0)))
             if "_cc" in self._metrics:
                 cc = probs_to_instances(probs[i], **{**settings, "method": "cc"})

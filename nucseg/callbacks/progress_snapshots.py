@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from nucseg.data.dataset import collate
 from nucseg.data.io import atomic_write_bytes, atomic_write_text
 from nucseg.metrics.pixel import dice_score
+from nucseg.models.module import pixel_threshold
 from nucseg.uncertainty.sampling import eval_mode
 from nucseg.utils.run import wandb_experiments
 from nucseg.viz.images import as_uint8_rgb, center_crop
@@ -109,7 +110,7 @@ class ProgressSnapshots(L.Callback):
     @torch.no_grad()
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         probs, dices = [], []
-        thr = float(getattr(pl_module, "threshold", 0.5))
+        thr = pixel_threshold(pl_module)
         module: Any = pl_module  # a SegmentationModule
         with eval_mode(module.net, mc_dropout=False):
             for b in self._batches:

@@ -29,6 +29,7 @@ from torchmetrics.classification import BinaryConfusionMatrix
 from nucseg.callbacks.scoring import ScoringCallback
 from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 from nucseg.metrics.regions import REGION_KEYS, pixel_error, region_scores
+from nucseg.models.module import pixel_threshold
 from nucseg.utils.run import wandb_experiments
 
 __all__ = ["RegionScores"]
@@ -67,7 +68,7 @@ class RegionScores(ScoringCallback):
 
     def _update(self, pl_module: L.LightningModule, outputs: Any, batch: dict) -> list[dict[str, Any]]:
         assert self._confusion is not None
-        threshold = float(getattr(pl_module, "threshold", 0.5))
+        threshold = pixel_threshold(pl_module)
         settings = postprocess_settings(pl_module) if self._regions else {}
         rows = []
         for i in range(outputs["probs"].shape[0]):

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from nucseg.data.io import atomic_write_bytes
 from nucseg.metrics.calibration import CalibrationError, apply_temperature, image_temperature
+from nucseg.models.module import pad_multiple, pixel_threshold
 from nucseg.settings import UncertaintySettings
 from nucseg.uncertainty.estimate import (
     HEATMAPS,
@@ -49,7 +50,6 @@ from nucseg.uncertainty.estimate import (
     image_rows,
     module_samples,
     module_settings,
-    pad_multiple,
 )
 from nucseg.uncertainty.ood import FeatureDensity, check_ood_settings, encoder_features
 from nucseg.uncertainty.review import (
@@ -101,7 +101,7 @@ class UncertaintyEvaluation(L.Callback):
         image, whether it is unlike the training data, which picks its temperature)."""
         assert self.settings is not None
         samples = module_samples(pl_module, batch["image"], self.settings, self._members)
-        rows = image_rows(samples, batch, det_probs, float(getattr(pl_module, "threshold", 0.5)), self.heatmap,
+        rows = image_rows(samples, batch, det_probs, pixel_threshold(pl_module), self.heatmap,
                           self.settings.score)
         for i, row in enumerate(rows):
             mean, _, true = row["_maps"]
@@ -166,7 +166,7 @@ class UncertaintyEvaluation(L.Callback):
             if len(self._panels) < self.num_heatmaps and trainer.is_global_zero:
                 from nucseg.viz.plots import figure_array, figure_png, row_panel, row_title
 
-                pred = mean > float(getattr(pl_module, "threshold", 0.5))
+                pred = mean > pixel_threshold(pl_module)
                 fig = row_panel(batch["image"][i], pred, heat, true, self.heatmap, row)
                 atomic_write_bytes(self._out(trainer) / "heatmaps" / f"{safe_filename(row['id'])}.png",
                                    figure_png(fig))

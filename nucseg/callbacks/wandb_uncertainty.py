@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from nucseg.metrics.pixel import dice_score
+from nucseg.models.module import pixel_threshold
 from nucseg.settings import UncertaintyMethod, UncertaintySettings
 from nucseg.uncertainty.estimate import HEATMAPS, module_samples, module_settings
 from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
@@ -54,7 +55,7 @@ class WandbUncertaintyHeatmaps(L.Callback):
         assert self._settings is not None
         crop = center_crop(batch, self.max_side)
         samples = module_samples(pl_module, crop["image"][:1], self._settings, samples=self.samples)
-        thr = float(getattr(pl_module, "threshold", 0.5))
+        thr = pixel_threshold(pl_module)
         maps = pixel_uncertainty(samples)
         certainty = float(image_certainty(samples, thr)[0])
         pred = maps["mean"][0] > thr

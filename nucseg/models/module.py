@@ -25,9 +25,25 @@ from nucseg.models.targets import disallowed_entries
 from nucseg.utils.errors import CheckpointError
 from nucseg.utils.train_precision import check_train_precision, settle_train_precision, train_autocast
 
-__all__ = ["SegmentationModule", "load_module", "pad_to_multiple"]
+__all__ = ["SegmentationModule", "load_module", "pad_multiple", "pad_to_multiple", "pixel_threshold"]
 
 log = logging.getLogger(__name__)
+
+
+def pad_multiple(module: L.LightningModule) -> int:
+    """The stride a `SegmentationModule`'s inputs are padded to (its encoder's)."""
+    pad = module.pad_multiple
+    if not isinstance(pad, int):
+        raise TypeError(f"{type(module).__name__}.pad_multiple: expected an int, got {pad!r}")
+    return pad
+
+
+def pixel_threshold(module: L.LightningModule) -> float:
+    """The foreground probability threshold of a `SegmentationModule`'s binary masks."""
+    threshold = module.threshold
+    if not isinstance(threshold, int | float):
+        raise TypeError(f"{type(module).__name__}.threshold: expected a number, got {threshold!r}")
+    return float(threshold)
 
 
 class SegmentationModule(L.LightningModule):

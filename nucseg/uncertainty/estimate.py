@@ -12,11 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from nucseg.metrics.pixel import dice_score
+from nucseg.models.module import pad_multiple
 from nucseg.settings import CertaintyScore, UncertaintyMethod, UncertaintySettings
 from nucseg.uncertainty.sampling import eval_mode, load_ensemble, resolve_settings, sample_probs
 from nucseg.uncertainty.scores import image_scores, pixel_uncertainty
 
-__all__ = ["deterministic_probs", "ensemble_members", "image_rows", "module_samples", "module_settings", "pad_multiple"]
+__all__ = ["deterministic_probs", "ensemble_members", "image_rows", "module_samples", "module_settings"]
 
 HEATMAPS = ("entropy", "mutual_info", "variance")
 
@@ -25,14 +26,6 @@ def _net(pl_module: L.LightningModule) -> nn.Module:
     net = pl_module.net
     assert isinstance(net, nn.Module)
     return net
-
-
-def pad_multiple(pl_module: L.LightningModule) -> int:
-    """The stride its inputs are padded to (`SegmentationModule.pad_multiple`: the encoder's)."""
-    pad = pl_module.pad_multiple
-    if not isinstance(pad, int):
-        raise TypeError(f"{type(pl_module).__name__}.pad_multiple: expected an int, got {pad!r}")
-    return pad
 
 
 def module_settings(pl_module: L.LightningModule) -> UncertaintySettings | None:
