@@ -8,7 +8,9 @@
   the images `figures/<name>`, once.
 
 The entry point calls `log_run_outputs` after it wrote those files (model.ckpt is published after the test,
-so no Lightning hook sees it); this callback only carries the switches of `conf/callbacks/wandb_outputs.yaml`.
+so no Lightning hook sees it); the callback carries the switches of `conf/callbacks/wandb_outputs.yaml` and notes
+in `on_test_end` whether, and which checkpoint, this process tested, so that files an earlier launch left in the
+run directory are never logged as this run's.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class WandbRunOutputs(L.Callback):
     def __init__(self, model: bool = True, per_image: bool = True, figures: bool = True,
                  aliases: Sequence[str] = ("tested", "latest")):
         self.model, self.per_image, self.figures, self.aliases = model, per_image, figures, list(aliases)
+        self._tested = False  # the test ran in this process: per_image.csv is this run's, not an earlier launch's
+        self._tested_ckpt: str | None = None  # the checkpoint it tested, which model.ckpt is published from
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._tested, self._tested_ckpt = True, str(trainer.ckpt_path) if trainer.ckpt_path else None
 
     def log_outputs(self, trainer: L.Trainer, run_dir: str | Path, metrics: Mapping[str, Any]) -> None:
         """Log what is switched on and exists in `run_dir`, to every W&B run of the trainer (rank 0 only)."""
@@ -55,14 +62,16 @@ class WandbRunOutputs(L.Callback):
         run_dir = Path(run_dir)
         payload: dict[str, Any] = {}
         table = run_dir / PER_IMAGE_FILE
-        if self.per_image and table.is_file():
+        if self.per_image and self._tested and table.is_file():
             columns, rows = read_table(table)
             payload["test/per_image"] = wandb.Table(columns=columns, data=rows)
         if self.figures:
             for png in sorted((run_dir / FIGURES_DIR).glob("*.png")):
                 payload[f"{FIGURES_DIR}/{png.stem}"] = wandb.Image(str(png), caption=png.name)
         model = run_dir / "checkpoints" / MODEL_FILE
-        meta = model_metadata(model, run_dir, metrics, trainer) if self.model and model.is_file() else None
+        meta = None
+        if self.model and self._tested_ckpt and model.is_file():
+            meta = model_metadata(model, run_dir, metrics, trainer, tested_from=self._tested_ckpt)
         for run in runs:
             if payload:
                 run.log(payload)
@@ -85,7 +94,7 @@ def log_run_outputs(callbacks: Sequence[Any], trainer: L.Trainer, run_dir: str |
 
 
 def model_metadata(model_path: str | Path, run_dir: str | Path, metrics: Mapping[str, Any],
-                   trainer: L.Trainer | None = None) -> dict[str, Any]:
+                   trainer: L.Trainer | None = None, tested_from: str | Path | None = None) -> dict[str, Any]:
     """The artifact's metadata: what `model_path` stores for prediction (post-processing with its tuning
     summary, review threshold, temperatures, OOD threshold; not the density itself), the rule that chose the
     review threshold (`<run>/uncertainty/review_threshold.json`), the test metrics, machine and version."""
@@ -99,6 +108,7 @@ def model_metadata(model_path: str | Path, run_dir: str | Path, metrics: Mapping
     review = json.loads(review_path.read_text()) if review_path.is_file() else {}
     meta = {
         "nucseg_version": nucseg.__version__,
+        "tested_checkpoint": Path(tested_from).name if tested_from else None,  # e.g. epoch_012.ckpt
         "epoch": data.get("epoch"),
         "global_step": data.get("global_step"),
         "net": {k: v for k, v in dict(hp.get("net") or {}).items() if k in ("arch", "encoder_name", "classes")},

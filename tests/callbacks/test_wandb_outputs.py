@@ -8,6 +8,9 @@ import math
 import sys
 from types import SimpleNamespace
 
+import torch
+from PIL import Image
+
 import nucseg
 from nucseg.callbacks.wandb_outputs import WandbRunOutputs, log_run_outputs, model_metadata, read_table
 from tests.helpers.checkpoints import save_checkpoint
@@ -54,3 +57,49 @@ def test_without_a_wandb_logger_nothing_is_logged_and_wandb_is_not_imported(tmp_
     (tmp_path / "per_image.csv").write_text("id,dice\na,0.5\n")
     trainer = SimpleNamespace(loggers=[], is_global_zero=True)
     log_run_outputs([WandbRunOutputs()], trainer, tmp_path, {"test/dice": 0.5})  # type: ignore[arg-type]
+
+
+class FakeRun:
+    """What the callback calls on a `wandb.Run`, recorded."""
+
+    id = "abc123"
+
+    def __init__(self):
+        self.logged: dict = {}
+        self.artifacts: list = []
+
+    def log(self, payload):
+        self.logged.update(payload)
+
+    def log_artifact(self, artifact, aliases):
+        self.artifacts.append((artifact, list(aliases)))
+
+
+def test_files_of_an_earlier_launch_are_not_logged_as_this_runs(tmp_path, monkeypatch):
+    """A run directory reused without a test in this process (test=false after an earlier tested launch): only the
+    figures go to W&B; once this process tested a checkpoint, the table and the model artifact go too."""
+    import nucseg.callbacks.wandb_outputs as mod
+
+    run = FakeRun()
+    monkeypatch.setattr(mod, "wandb_experiments", lambda trainer: [run])
+    (tmp_path / "checkpoints").mkdir()
+    model = save_checkpoint(tmp_path / "checkpoints" / "model.ckpt", uncertainty={"review_threshold": 0.5})
+    (tmp_path / "per_image.csv").write_text("id,dice\na,0.5\nb,0.75\n")
+    (tmp_path / "figures").mkdir()
+    Image.new("RGB", (8, 6)).save(tmp_path / "figures" / "training_curves.png")
+    trainer = SimpleNamespace(is_global_zero=True, ckpt_path=str(tmp_path / "checkpoints" / "epoch_001.ckpt"),
+                              strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    cb = WandbRunOutputs()
+    cb.log_outputs(trainer, tmp_path, {"test/dice": 0.625})  # type: ignore[arg-type]
+    assert list(run.logged) == ["figures/training_curves"] and run.artifacts == []
+
+    cb.on_test_end(trainer, None)  # type: ignore[arg-type]
+    cb.log_outputs(trainer, tmp_path, {"test/dice": 0.625})  # type: ignore[arg-type]
+    assert run.logged["test/per_image"].columns == ["id", "dice"]
+    assert run.logged["test/per_image"].data == [["a", 0.5], ["b", 0.75]]
+    ((artifact, aliases),) = run.artifacts
+    assert (artifact.name, artifact.type, aliases) == ("model-abc123", "model", ["tested", "latest"])
+    assert artifact.metadata["tested_checkpoint"] == "epoch_001.ckpt"
+    assert artifact.metadata["review_threshold"] == 0.5 and artifact.metadata["metrics"] == {"test/dice": 0.625}
+    assert list(artifact.manifest.entries) == ["model.ckpt"] and artifact.manifest.entries["model.ckpt"].size == \
+        model.stat().st_size
