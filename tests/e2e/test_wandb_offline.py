@@ -74,6 +74,7 @@ def test_unetpp_wandb_offline_run_has_metrics_images_model_table_and_figures(mak
     assert meta["metrics"]["test/dsb_score"] == metrics["test/dsb_score"]
     assert meta["nucseg_version"] == nucseg.__version__ and meta["machine"]["cpu_count"] == os.cpu_count()
     assert meta["net"]["arch"] == hp["net"]["arch"]
+    assert meta["tested_checkpoint"] == Path(metrics["best_model_path"]).name
 
     # per_image.csv as the table test/per_image: the same columns, images and Dice
     with (tmp_path / "per_image.csv").open() as f:
