@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.calibrate import calibrate_before_test
+from nucseg.callbacks.wandb_outputs import log_run_outputs
 from nucseg.models.module import SegmentationModule
 from nucseg.utils.budget import apply_budget, reuse_budget
 from nucseg.utils.checkpoint import MODEL_FILE, publish_model
@@ -102,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_metrics(output_dir / "metrics.json", metrics)
         if cfg.get("test", True):
             write_test_rows(output_dir / "per_image.csv", callbacks)
+        log_run_outputs(callbacks, trainer, output_dir, metrics)  # W&B: model artifact, per-image table, figures
     return metrics
 
 

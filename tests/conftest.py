@@ -44,3 +44,14 @@ def make_cfg(tmp_path: Path, data_dir: Path, cache_dir: Path):
         return compose_cfg(ov, tmp_path, config_name=config_name, data_dir=data_dir, cache_dir=cache_dir)
 
     return _make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def wandb_files_in_tmp(tmp_path_factory):
+    """The offline W&B runs of the tests stage their artifacts' files (model.ckpt, tables) and caches in a
+    temporary folder, not under $HOME (subprocesses inherit it through the environment)."""
+    root = tmp_path_factory.mktemp("wandb-home")
+    with pytest.MonkeyPatch.context() as mp:
+        for var, name in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+            mp.setenv(var, str(root / name))
+        yield root

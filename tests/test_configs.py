@@ -109,7 +109,8 @@ def test_optimizer_and_scheduler_options(make_cfg, option, sched):
 # the plain progress lines for log files (ProgressLog) beside the rich bar
 DEFAULT_CALLBACKS = ["ModelCheckpoint", "ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "RichProgressBar",
                      "ProgressLog", "WandbSegmentationImages", "PostprocessTuning", "InstanceMetrics", "RegionScores",
-                     "UncertaintyEvaluation", "WandbUncertaintyHeatmaps", "ProgressSnapshots", "ReportFigures"]
+                     "UncertaintyEvaluation", "WandbUncertaintyHeatmaps", "ProgressSnapshots", "ReportFigures",
+                     "WandbRunOutputs"]
 PRESET_CALLBACKS = [c for c in DEFAULT_CALLBACKS if c != "EarlyStopping"]  # budgeted presets stop on time
 
 
