@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.calibrate import calibrate_before_test
@@ -27,7 +27,8 @@ from nucseg.callbacks.evaluation_writer import EvaluationWriter
 from nucseg.callbacks.instance_metrics import InstanceMetrics
 from nucseg.callbacks.region_scores import RegionScores
 from nucseg.callbacks.uncertainty import UncertaintyEvaluation
-from nucseg.models.module import load_module
+from nucseg.models.module import SegmentationModule, load_module
+from nucseg.uncertainty.sampling import resolve_settings
 from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.extras import check_overrides
@@ -55,6 +56,22 @@ def _score_split(datamodule: Any, split: str) -> None:
     datamodule.splits["test"] = list(datamodule.splits[split])
 
 
+def _override_uncertainty(module: SegmentationModule, overrides: Any) -> None:
+    """`uncertainty.<key>=<value>` over the checkpoint's settings for this evaluation (e.g. fewer MC samples),
+    checked as a user's settings: an unknown key or a bad value is one error line."""
+    given = {str(k): v for k, v in (OmegaConf.to_container(overrides) if overrides else {}).items()  # type: ignore[union-attr]
+             if v is not None}
+    if not given:
+        return
+    merged = {**dict(module.hparams.get("uncertainty") or {}), **given}
+    try:
+        resolve_settings(merged, module.net, strict=True)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    module.hparams["uncertainty"] = merged
+    log.info("uncertainty settings for this evaluation: %s over the checkpoint's", given)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint on `cfg.data`'s test split; write metrics.json, per_image.csv and overlays."""
     check_config(cfg, "evaluate")
@@ -62,6 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     module = load_module(cfg.ckpt_path)
+    _override_uncertainty(module, cfg.get("uncertainty"))
     align_data_with_checkpoint(cfg, module.hparams)  # the data must be prepared the way the model was trained
     if cfg.data.get("val_fraction", 0) == 0 and cfg.data.get("test_fraction", 0) == 1.0:
         log.info("evaluating every image of %s", cfg.data.source.get("root", cfg.data.source))

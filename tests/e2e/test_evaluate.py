@@ -205,3 +205,27 @@ def test_split_val_scores_the_validation_images_and_a_bad_split_is_named(ckpt, k
                       cache_dir=cache_dir)
     with pytest.raises(ConfigError, match="split=tain"):
         evaluate(bad)
+
+
+def test_uncertainty_overrides_change_the_checkpoints_settings_for_one_evaluation(tmp_path):
+    """`uncertainty.samples=5` (fewer MC passes) and `uncertainty.score=...` go over the checkpoint's settings,
+    checked like a user's: a bad value or an unknown key is one ConfigError naming it; null keys keep the
+    stored value."""
+    from omegaconf import OmegaConf
+
+    from nucseg.evaluate import _override_uncertainty
+    from nucseg.models.module import load_module
+    from nucseg.utils.errors import ConfigError
+    from tests.helpers.checkpoints import save_checkpoint
+
+    stored = {"method": "tta", "tta_ops": "flips", "review_threshold": 0.5, "score": "entropy"}
+    module = load_module(save_checkpoint(tmp_path / "m.ckpt", uncertainty=stored))
+    _override_uncertainty(module, OmegaConf.create({"samples": 5, "score": None}))
+    assert module.hparams["uncertainty"] == {**stored, "samples": 5}
+    _override_uncertainty(module, OmegaConf.create({"score": "fg_mutual_info"}))
+    assert module.hparams["uncertainty"]["score"] == "fg_mutual_info"
+    with pytest.raises(ConfigError, match=r"uncertainty.samples=0: expected an integer >= 1"):
+        _override_uncertainty(module, OmegaConf.create({"samples": 0}))
+    with pytest.raises(ConfigError, match=r"uncertainty.sampels: unknown setting"):
+        _override_uncertainty(module, OmegaConf.create({"sampels": 3}))
+    assert module.hparams["uncertainty"]["score"] == "fg_mutual_info"  # a refused override changes nothing
