@@ -1,7 +1,8 @@
 """The optional parts of nucseg (pip extras) and the one-line error a command gives when it needs a missing one.
 
-Hydra plugins are found at compose time: without the plugin, `hparams_search=optuna` ends in a Hydra traceback
-about a missing `hydra/sweeper/optuna` option. The entry points check their overrides first instead.
+Hydra plugins are found at compose time, and nucseg's own sweeper (hydra_plugins.nucseg_optuna_sweeper, shipped
+with nucseg) needs optuna when it runs: without the extra, `hparams_search=optuna` would end in a traceback. The
+entry points check their overrides first instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Extra:
 
 
 EXTRAS = (
-    Extra("sweep", "hydra_plugins.hydra_optuna_sweeper", ("hparams_search=optuna", "hydra/sweeper=optuna")),
+    Extra("sweep", "optuna", ("hparams_search=optuna", "hydra/sweeper=nucseg_optuna")),
     Extra("slurm", "hydra_plugins.hydra_submitit_launcher", ("hydra/launcher=slurm", "hydra/launcher=submitit")),
 )
 
