@@ -91,12 +91,17 @@ def test_a_trial_pruned_at_its_first_validation_is_recorded_as_pruned(tmp_path, 
     assert not (sweep / "0" / "metrics.json").exists()  # the training stopped there
 
 
-@pytest.mark.parametrize(("override", "key"), [("hydra.sweeper.storage=redis://localhost", "hydra.sweeper.storage"),
-                                               ("hydra.sweeper.pruner=medain", "hydra.sweeper.pruner")])
-def test_a_bad_sweeper_setting_is_one_line_and_exit_2(tmp_path, cache_dir, override, key):
-    proc = subprocess.run(train_cmd(*SWEEP, override, f"hydra.sweep.dir={tmp_path}/sweep", cache_dir=cache_dir),
-                          cwd=PROJECT_ROOT, env=train_env(HYDRA_FULL_ERROR="0"), capture_output=True, text=True,
-                          timeout=110)
+@pytest.mark.parametrize(("override", "key", "outside"),
+                         [("hydra.sweeper.storage=redis://localhost", "hydra.sweeper.storage", True),
+                          ("hydra.sweeper.pruner=medain", "hydra.sweeper.pruner", False)])
+def test_a_bad_sweeper_setting_is_one_line_and_exit_2(tmp_path, cache_dir, override, key, outside):
+    """`outside`: the `nucseg` command run outside the checkout, where an editable install hides the plugin from
+    Hydra's scan (nucseg.utils.extras.register_own_plugins): the sweeper must still be the one reporting."""
+    cmd = train_cmd(*SWEEP, override, f"hydra.sweep.dir={tmp_path}/sweep", cache_dir=cache_dir)
+    if outside:
+        cmd[1:3] = ["-m", "nucseg.cli", "train"]
+    proc = subprocess.run(cmd, cwd=tmp_path if outside else PROJECT_ROOT, env=train_env(HYDRA_FULL_ERROR="0"),
+                          capture_output=True, text=True, timeout=110)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if key in line]
     assert len(lines) == 1 and "expected" in lines[0] and "Traceback" not in proc.stdout + proc.stderr
