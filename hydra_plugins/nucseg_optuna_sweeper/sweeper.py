@@ -44,7 +44,7 @@ class NucsegOptunaSweeper(Sweeper):
                                  n_trials=int(self.n_trials), n_jobs=int(self.n_jobs),
                                  load_if_exists=bool(self.load_if_exists), max_failures=int(self.max_failures),
                                  heartbeat_interval=float(self.heartbeat_interval),
-                                 grace_period=float(self.grace_period))
+                                 grace_period=float(self.grace_period), seed=_seed(hydra_cfg.sweeper.get("sampler")))
         worker = Worker(settings, lambda overrides, idx: self.launcher.launch(overrides, initial_job_idx=idx),
                         sampler=_sampler(self.sampler), pruner=make_pruner(self.pruner))
         params = [f"{k!s}={v}" for k, v in (self.params or {}).items()]
@@ -52,6 +52,11 @@ class NucsegOptunaSweeper(Sweeper):
         return write_results(study, hydra_cfg.sweep.dir, storage=storage, fixed=worker.fixed,
                              groups=list(hydra_cfg.runtime.choices.keys()), task=f"nucseg.{hydra_cfg.job.name}",
                              metric=self.config.get("optimized_metric"))
+
+
+def _seed(spec: Any) -> int | None:
+    seed = spec.get("seed") if OmegaConf.is_config(spec) or isinstance(spec, dict) else None
+    return None if seed is None else int(seed)
 
 
 def _sampler(spec: Any) -> Any:

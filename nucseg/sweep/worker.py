@@ -68,6 +68,8 @@ class SweepSettings:
     max_failures: int = 5  # this worker stops with an error after this many failed trials
     heartbeat_interval: float = 60.0
     grace_period: float = 600.0  # a RUNNING trial whose heartbeat is older (another host) is stale
+    # the sampler's seed (hydra.sweeper.sampler.seed): trial n samples from seed + n, see reseed_for_trial
+    seed: int | None = None
 
     def check(self) -> None:
         if self.direction not in ("maximize", "minimize"):
@@ -139,6 +141,26 @@ def fail_stale_trials(study: optuna.Study, grace_period: float) -> list[int]:
         log.warning("trial %d was left running by %s (stopped): failed and its parameters queued again",
                     trial.number, owner)
     return failed
+
+
+def reseed_for_trial(sampler: Any, seed: int, number: int) -> bool:
+    """Seed the random state(s) of an optuna sampler with `seed + number` before trial `number` samples.
+
+    Several workers started with the same seed (the same command in every Slurm job) would otherwise draw the
+    same parameters for the trials they ask at the same time; seeding by trial number keeps one sweep reproducible
+    and makes the trials of concurrent workers differ. optuna has no public API to seed a sampler again
+    (`reseed_rng` takes no seed): this sets the `_rng` (LazyRandomState) of the sampler and of its fallback random
+    sampler, as optuna 4-5 define them; False where a sampler has none (nothing is changed).
+    """
+    import numpy as np
+
+    done = False
+    for obj in (sampler, getattr(sampler, "_random_sampler", None), getattr(sampler, "_independent_sampler", None)):
+        rng = getattr(getattr(obj, "_rng", None), "rng", None)
+        if isinstance(rng, np.random.RandomState):
+            rng.seed((seed + number) % 2**32)
+            done = True
+    return done
 
 
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
@@ -247,7 +269,7 @@ class Worker:
                     continue
                 overrides = []
                 for trial in trials:
-                    sampled = suggest(trial, space)
+                    sampled = self.sample(trial, space)
                     trial.set_user_attr(OVERRIDES, sampled)
                     ref = TrialRef(s.storage, s.study_name, trial._trial_id)
                     overrides.append([*fixed, *sampled, *env_overrides(ref)])
@@ -273,6 +295,12 @@ class Worker:
         states = {st.name: len(study.get_trials(deepcopy=False, states=(st,))) for st in TrialState}
         log.info("study %r: %s", s.study_name, ", ".join(f"{n} {k.lower()}" for k, n in states.items() if n))
         return study
+
+    def sample(self, trial: optuna.trial.Trial, space: dict[str, Any]) -> list[str]:
+        """The trial's overrides, sampled from the seed for its number (reseed_for_trial) when a seed is set."""
+        if self.settings.seed is not None:
+            reseed_for_trial(trial.study.sampler, self.settings.seed, trial.number)
+        return suggest(trial, space)
 
     def _ask(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
         """Up to `n` new trials that fit in n_trials (see the module docstring)."""

@@ -114,6 +114,7 @@ def worker(storage: str, n_trials: int, task: Task, study_name: str = "test", se
 
     pruner = settings.pop("pruner", None)
     sampler = optuna.samplers.RandomSampler(seed=seed)
+    settings.setdefault("seed", seed)
     return Worker(SweepSettings(storage=storage, study_name=study_name, n_trials=n_trials, **settings),
                   fake_launch(task), sampler=sampler, pruner=pruner)
 

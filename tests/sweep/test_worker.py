@@ -214,3 +214,28 @@ def test_an_existing_study_without_load_if_exists_or_with_another_direction_is_a
         worker(url, 1, lambda values, ref: 1.0, direction="minimize").run(SPACE)
     with pytest.raises(ConfigError, match=r"^hydra.sweeper.n_trials"):
         worker(url, 0, lambda values, ref: 1.0)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_workers_with_the_same_seed_sample_different_trials_and_one_sweep_is_reproducible(tmp_path, sampler):
+    from nucseg.sweep.space import parse_space
+    from nucseg.sweep.worker import SweepSettings, Worker
+
+    def make(url: str) -> Worker:
+        s = (optuna.samplers.RandomSampler(seed=7) if sampler == "random"
+             else optuna.samplers.TPESampler(seed=7, n_startup_trials=1))
+        return Worker(SweepSettings(storage=url, study_name="s", n_trials=4, seed=7), lambda *a: [], sampler=s)
+
+    space, _ = parse_space(SPACE)
+    url = _journal(tmp_path)
+    a, b = make(url), make(url)
+    study_a, study_b = a.open_study(), b.open_study()
+    (ta,), (tb,) = a._ask(study_a, 1), b._ask(study_b, 1)  # asked at the same time by two workers
+    first = [a.sample(ta, space), b.sample(tb, space)]
+    assert first[0] != first[1]
+
+    # one worker on a fresh study draws the same values again
+    again = make(resolve_storage(f"journal://{tmp_path}/again.log", "sweep", cwd=tmp_path))
+    study = again.open_study()
+    (t0,), (t1,) = again._ask(study, 1), again._ask(study, 1)  # a batch (n_jobs=2): asked, then sampled
+    assert [again.sample(t0, space), again.sample(t1, space)] == first
