@@ -13,7 +13,8 @@ Several workers (processes, Slurm jobs) can run on one study; they share it thro
   batch a worker fails the stale trials (`nucseg_fail_reason`) and enqueues their parameters again, once
   (`nucseg_requeued_from`): a trial killed with its worker (pre-emption, a node lost, Ctrl-C) says nothing about its
   parameters, so the search runs the point it had chosen instead of losing it; a trial that was itself a re-run is
-  not queued a third time, in case the parameters are what kills the worker (out of memory). The journal storage
+  not queued a third time, in case the parameters are what kills the worker (out of memory). A sweep stopped by
+  Ctrl-C does the same for its running trials on its way out. The journal storage
   has no heartbeat of its own (optuna's `fail_stale_trials` covers RDB storage only), hence this one, the same for
   both kinds of storage.
 - Results: COMPLETE with a finite objective; PRUNED when the job raised optuna.TrialPruned (the pruning
@@ -277,10 +278,8 @@ class Worker:
                 heartbeat.track([t._trial_id for t in trials])
                 try:
                     returns = self.launch(overrides, self.job_idx)
-                except BaseException as exc:  # the launcher itself failed (or Ctrl-C): no trial is left running
-                    for trial in trials:
-                        trial.set_user_attr(FAIL_REASON, f"the launcher failed: {type(exc).__name__}: {exc}"[:500])
-                        study.tell(trial, state=TrialState.FAIL)
+                except BaseException as exc:  # the launcher failed, or Ctrl-C / a signal: no trial left running
+                    self._fail_batch(study, trials, exc)
                     raise
                 heartbeat.track([])
                 self.job_idx += len(returns)
@@ -319,6 +318,20 @@ class Worker:
                 break
             trials.append(trial)
         return trials
+
+    def _fail_batch(self, study: optuna.Study, trials: Sequence[optuna.trial.Trial], exc: BaseException) -> None:
+        """FAIL the trials of a launch that raised; re-queue their parameters once when the sweep was interrupted
+        (Ctrl-C, or Lightning's exit after one), as for a killed worker, but not when the launch itself failed."""
+        from optuna.trial import TrialState
+
+        interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code not in (0, 2))
+        for trial in trials:
+            reason = "the sweep was interrupted" if interrupted else f"the launch failed: {type(exc).__name__}: {exc}"
+            trial.set_user_attr(FAIL_REASON, reason[:500])
+            frozen = study._storage.get_trial(trial._trial_id)
+            study.tell(trial, state=TrialState.FAIL)
+            if interrupted and REQUEUED_FROM not in frozen.user_attrs:
+                study.enqueue_trial(frozen.params, user_attrs={REQUEUED_FROM: trial.number}, skip_if_exists=False)
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: Any) -> None:
         from optuna.trial import TrialState

@@ -239,3 +239,29 @@ def test_workers_with_the_same_seed_sample_different_trials_and_one_sweep_is_rep
     study = again.open_study()
     (t0,), (t1,) = again._ask(study, 1), again._ask(study, 1)  # a batch (n_jobs=2): asked, then sampled
     assert [again.sample(t0, space), again.sample(t1, space)] == first
+
+
+def test_an_interrupted_sweep_queues_its_trial_again_and_a_failed_launch_does_not(tmp_path):
+    url = _journal(tmp_path)
+
+    def interrupted(values, ref):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        worker(url, 2, interrupted, seed=0).run(SPACE)
+    study = worker(url, 2, lambda values, ref: float(values["x"]), seed=0).run(SPACE)
+    first, rerun = study.trials[0], study.trials[1]
+    assert first.state == TrialState.FAIL and first.user_attrs[FAIL_REASON] == "the sweep was interrupted"
+    assert rerun.user_attrs[REQUEUED_FROM] == 0 and rerun.params == first.params
+    assert rerun.state == TrialState.COMPLETE and len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+
+    from nucseg.sweep.worker import SweepSettings, Worker
+
+    def broken_launcher(batch, idx):
+        raise RuntimeError("Could not override 'foo'")
+
+    w = Worker(SweepSettings(storage=url, study_name="broken", n_trials=2), broken_launcher)
+    with pytest.raises(RuntimeError):
+        w.run(SPACE)
+    (trial,) = _study(url, "broken").trials  # failed, not queued again
+    assert trial.state == TrialState.FAIL and "Could not override" in trial.user_attrs[FAIL_REASON]
