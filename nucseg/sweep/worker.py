@@ -227,7 +227,6 @@ class Worker:
         settings.check()
         self.settings, self.launch = settings, launch
         self.sampler, self.pruner = sampler, pruner
-        self.job_idx = 0
         self.failures = 0
         self.ran: list[int] = []  # trial numbers this worker launched
         self.fixed: list[str] = []  # the overrides every trial gets
@@ -273,16 +272,17 @@ class Worker:
                     sampled = self.sample(trial, space)
                     trial.set_user_attr(OVERRIDES, sampled)
                     ref = TrialRef(s.storage, s.study_name, trial._trial_id)
-                    overrides.append([*fixed, *sampled, *env_overrides(ref)])
+                    # the job's directory is named by the trial's number: unique in the study, so a restarted sweep
+                    # or another worker in the same sweep directory never reuses a finished trial's directory
+                    overrides.append([*fixed, *sampled, *env_overrides(ref), f"++hydra.sweep.subdir={trial.number}"])
                     log.info("trial %d: %s", trial.number, " ".join(sampled))
                 heartbeat.track([t._trial_id for t in trials])
                 try:
-                    returns = self.launch(overrides, self.job_idx)
+                    returns = self.launch(overrides, trials[0].number)
                 except BaseException as exc:  # the launcher failed, or Ctrl-C / a signal: no trial left running
                     self._fail_batch(study, trials, exc)
                     raise
                 heartbeat.track([])
-                self.job_idx += len(returns)
                 for trial, ret in zip(trials, returns, strict=True):
                     self._tell(study, trial, ret)
                     self.ran.append(trial.number)

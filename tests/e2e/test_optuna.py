@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
+import time
 
 import optuna
 import pytest
@@ -95,6 +98,37 @@ def test_a_trial_pruned_at_its_first_validation_is_recorded_as_pruned(tmp_path, 
     (trial,) = _study(result["storage"]).trials
     assert trial.state == TrialState.PRUNED and len(trial.intermediate_values) == 1  # stopped at once
     assert not (sweep / "0" / "metrics.json").exists()  # the training stopped there
+
+
+@LONG_RUN
+def test_a_sweep_killed_mid_trial_and_started_again_goes_on_with_its_trials(tmp_path, cache_dir, data_dir):
+    sweep = tmp_path / "sweep"
+    args = [*SWEEP, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"]
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen(train_cmd(*args, cache_dir=cache_dir), cwd=PROJECT_ROOT, env=train_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        started = sweep / "1" / ".hydra" / "config.yaml"  # trial 1's job has started
+        deadline = time.monotonic() + 500
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its job, as a lost node or `scancel -s KILL`
+        proc.wait(timeout=60)
+    assert started.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+    url = f"journal://{sweep}/optuna_journal.log"
+    before = _study(url).trials
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
+    first_metrics = (sweep / "0" / "metrics.json").read_text()
+
+    run_train(*args, cache_dir=cache_dir)  # the same command again
+    trials = _study(url).trials
+    assert trials[0].state == TrialState.COMPLETE and trials[0].value == before[0].value  # kept, not rerun
+    assert (sweep / "0" / "metrics.json").read_text() == first_metrics
+    assert trials[1].state == TrialState.FAIL and "stopped" in trials[1].user_attrs["nucseg_fail_reason"]
+    assert len(trials) == 3 and trials[2].user_attrs["nucseg_requeued_from"] == 1
+    assert trials[2].params == trials[1].params and trials[2].state == TrialState.COMPLETE
+    assert json.loads((sweep / "2" / "metrics.json").read_text())["val/dice"] == pytest.approx(trials[2].value)
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["trials"] == {"complete": 2, "fail": 1}
 
 
 @pytest.mark.parametrize(("override", "key", "outside"),

@@ -35,6 +35,8 @@ def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], dict[str,
         key, _, value = override.partition("=")
         if key.startswith("++hydra.job.env_set."):
             env[key.rsplit(".", 1)[1]] = _unquote(value)
+        elif key.startswith("++hydra."):
+            continue
         else:
             values[key.lstrip("+~")] = value
     return values, env
