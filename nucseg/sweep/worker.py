@@ -167,11 +167,12 @@ def reseed_for_trial(sampler: Any, seed: int, number: int) -> bool:
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 
 
-def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count towards n_trials."""
+def counted_trials(study: optuna.Study, waiting: bool = True) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count towards n_trials (`waiting=False`: those started)."""
     from optuna.trial import TrialState
 
-    return study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in COUNTED))
+    states = [TrialState[s] for s in COUNTED if waiting or s != "WAITING"]
+    return study.get_trials(deepcopy=False, states=tuple(states))
 
 
 def job_outcome(ret: Any) -> tuple[str, float | None, str]:
@@ -261,7 +262,8 @@ class Worker:
         try:
             while True:
                 fail_stale_trials(study, s.grace_period)
-                remaining = s.n_trials - len(counted_trials(study))
+                # waiting (re-queued) trials are work to do, not done: ask() hands them out first
+                remaining = s.n_trials - len(counted_trials(study, waiting=False))
                 if remaining <= 0:
                     break
                 trials = self._ask(study, min(s.n_jobs, remaining))
