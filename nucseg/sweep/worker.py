@@ -2,9 +2,10 @@
 
 Several workers (processes, Slurm jobs) can run on one study; they share it through its storage only:
 
-- `n_trials` is the study's total. Before asking, a worker counts the trials that are COMPLETE, PRUNED, RUNNING or
-  WAITING; after asking, it runs its trial only if fewer than `n_trials` such trials have a smaller number (trial
-  numbers are handed out atomically by the storage), else it tells it FAIL unrun (`nucseg_not_run`). So
+- `n_trials` is the study's total. A worker asks while fewer than `n_trials` trials are COMPLETE, PRUNED or
+  RUNNING (`ask` hands out WAITING, i.e. re-queued, trials first); it runs the trial it got only if fewer than
+  `n_trials` trials with a smaller number are COMPLETE, PRUNED, RUNNING or WAITING (trial numbers are handed out
+  atomically by the storage), else it tells it FAIL unrun (`nucseg_not_run`). So
   the workers finish exactly `n_trials` between them, whatever their timing. FAILed trials do not count: a trial
   that crashed is replaced by a new one (up to `max_failures` per worker).
 - Each worker stamps its trials with `nucseg_worker` (host:pid) and refreshes `nucseg_heartbeat` every
