@@ -40,7 +40,7 @@ def test_every_command_names_a_module_with_a_hydra_main() -> None:
 
 
 @pytest.mark.parametrize(("override", "extra"), [("hparams_search=optuna", "sweep"), ("hydra/launcher=slurm", "slurm"),
-                                                 ("+hydra/sweeper=optuna", "sweep")])
+                                                 ("+hydra/sweeper=nucseg_optuna", "sweep")])
 def test_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                              override: str, extra: str) -> None:
     monkeypatch.setattr(extras, "_installed", lambda module: False)

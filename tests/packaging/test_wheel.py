@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(PROJECT_ROOT)],
          tmp_path, env)
     (wheel,) = dist.glob("nucseg-*.whl")
+    with zipfile.ZipFile(wheel) as zf:  # the sweeper plugin, in Hydra's namespace package (no __init__.py of it)
+        names = set(zf.namelist())
+    assert "hydra_plugins/nucseg_optuna_sweeper/sweeper.py" in names and "hydra_plugins/__init__.py" not in names
     # a fresh venv for nucseg itself; its dependencies are read from this environment's site-packages through a
     # path entry (whose own .pth files, among them the editable install of the checkout, are not processed)
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env)
@@ -51,6 +55,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     assert Path(where[0]).is_relative_to(venv) and Path(where[1]) == site / "nucseg" / "conf", where
     version = re.search(r'^version = "(.+)"$', (PROJECT_ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert _run([str(venv / "bin" / "nucseg"), "--version"], work, env).stdout.strip() == f"nucseg {version}"
+
+    sweepers = [str(py), "-c", "from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; "
+                "print(*[c.__name__ for c in Plugins.instance().discover(Sweeper)])"]
+    assert "NucsegOptunaSweeper" in _run(sweepers, work, env).stdout.split()  # found by Hydra's plugin scan
 
     nucseg = str(venv / "bin" / "nucseg")
     _run([nucseg, "train", "debug=limit", "logger=csv", "hydra.run.dir=run"], work, env)
