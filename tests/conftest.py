@@ -44,3 +44,15 @@ def make_cfg(tmp_path: Path, data_dir: Path, cache_dir: Path):
         return compose_cfg(ov, tmp_path, config_name=config_name, data_dir=data_dir, cache_dir=cache_dir)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """A running one-node Slurm (`.ci/slurm.sh` installs and starts it when it is missing and we are root);
+    the test is skipped, with the reason, where that cannot be done."""
+    from tests.helpers.slurm import start_slurm
+
+    reason = start_slurm()
+    if reason:
+        print(f"skipping: {reason}")
+        pytest.skip(reason)
