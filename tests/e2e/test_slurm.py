@@ -24,10 +24,10 @@ JOB_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def slurm_jobs(sweep: Path) -> list[str]:
-    """The Slurm job ids of the sweep's jobs, as submitit names their folders (`<array>_<k>`, or `<job>` for a
-    single job)."""
+    """The Slurm job ids of the sweep's started jobs: submitit's folders that hold a job log (`<array>_<k>`, or
+    `<job>` for a single job)."""
     folder = sweep / ".submitit"
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name[0].isdigit()) if folder.is_dir() else []
+    return sorted(d.name for d in folder.glob("*/") if any(d.glob("*_log.*"))) if folder.is_dir() else []
 
 
 def submitit_logs(sweep: Path) -> dict[str, str]:
