@@ -41,12 +41,13 @@ fi
 
 # slurm.conf for this one node
 host=$(hostname -s)
-node_line=$(slurmd -C | head -n1)   # NodeName=<host> CPUs=.. Boards=.. ... RealMemory=..
+# NodeName=<host> CPUs=.. Boards=.. ... RealMemory=..; reached over the loopback (the host name may not resolve)
+node_line="$(slurmd -C | head -n1) NodeAddr=127.0.0.1"
 mkdir -p /etc/slurm /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm /run/slurm
 conf=$(cat <<CONF
 # written by .ci/slurm.sh: a one-node test cluster
 ClusterName=nucseg
-SlurmctldHost=${host}
+SlurmctldHost=${host}(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
