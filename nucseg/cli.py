@@ -56,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     check_overrides(overrides)
     entry = importlib.import_module(COMMANDS[command][0])
-    sys.argv = [f"nucseg {command}", *overrides]  # Hydra reads its overrides from sys.argv
+    from nucseg.utils.cluster import rank_overrides
+
+    # Hydra reads its overrides from sys.argv; ranks > 0 that torchrun / srun started write no .hydra/
+    sys.argv = [f"nucseg {command}", *overrides, *rank_overrides(overrides)]
     entry.main()
     return 0
 

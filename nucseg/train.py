@@ -23,7 +23,9 @@ from nucseg.callbacks.wandb_outputs import log_run_outputs
 from nucseg.models.module import SegmentationModule
 from nucseg.utils.budget import apply_budget, reuse_budget
 from nucseg.utils.checkpoint import MODEL_FILE, publish_model
+from nucseg.utils.cluster import rank_overrides, requeued_ckpt_path
 from nucseg.utils.config import CONF_DIR
+from nucseg.utils.distributed import gather_rows
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
@@ -58,7 +60,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)  # resume point (train) or weights (test)
+    # resume point (train) or weights (test); a job Slurm re-queued continues from its last.ckpt
+    ckpt_path = resolve_ckpt_path(requeued_ckpt_path(cfg.get("ckpt_path")), output_dir)
     if ckpt_path and cfg.get("train", True):
         keep_csv_history(cfg)
     pin_wandb_run(cfg, output_dir)
@@ -99,25 +102,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if trainer.is_global_zero:
                 publish_model(ckpt, output_dir / "checkpoints" / MODEL_FILE)
 
+    if cfg.get("test", True):  # every rank: the rows are gathered from all of them
+        write_test_rows(output_dir / "per_image.csv", callbacks, trainer)
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", metrics)
-        if cfg.get("test", True):
-            write_test_rows(output_dir / "per_image.csv", callbacks)
         log_run_outputs(callbacks, trainer, output_dir, metrics)  # W&B: model artifact, per-image table, figures
     return metrics
 
 
-def write_test_rows(path: Path, callbacks: list) -> None:
+def write_test_rows(path: Path, callbacks: list, trainer: L.Trainer | None = None) -> None:
     """per_image.csv of the test split as `nucseg.evaluate` writes it: the instance metrics, the uncertainty
     rows (certainty, every candidate score, OOD score, review flag) and the pixel error / region scores joined on
-    the image id."""
+    the image id. In DDP every rank calls it: each table is gathered from all ranks (once per image, without the
+    DistributedSampler's padding copies) and rank 0 writes."""
     from nucseg.callbacks.instance_metrics import InstanceMetrics
     from nucseg.callbacks.region_scores import RegionScores
     from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 
-    tables = [c.rows for kind in (InstanceMetrics, UncertaintyEvaluation, RegionScores)
-              for c in callbacks if isinstance(c, kind) and c.rows]
-    if tables:
+    tables = [gather_rows(trainer, c.rows) for kind in (InstanceMetrics, UncertaintyEvaluation, RegionScores)
+              for c in callbacks if isinstance(c, kind)]
+    tables = [t for t in tables if t]
+    if tables and (trainer is None or trainer.is_global_zero):
         write_per_image(path, merge_rows(tables[0], *tables[1:]))
 
 
@@ -153,5 +158,6 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv += rank_overrides(sys.argv[1:])  # ranks > 0 that torchrun / srun started: rank 0 writes .hydra/
     check_overrides(sys.argv[1:])  # one line, not a Hydra traceback, when an override needs a missing extra
     main()

@@ -55,3 +55,15 @@ def wandb_files_in_tmp(tmp_path_factory):
         for var, name in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
             mp.setenv(var, str(root / name))
         yield root
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """A running one-node Slurm (`.ci/slurm.sh` installs and starts it when it is missing and we are root);
+    the test is skipped, with the reason, where that cannot be done."""
+    from tests.helpers.slurm import start_slurm
+
+    reason = start_slurm()
+    if reason:
+        print(f"skipping: {reason}")
+        pytest.skip(reason)

@@ -22,6 +22,7 @@ from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
 from nucseg.models.mc_dropout import mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
 from nucseg.models.targets import disallowed_entries
+from nucseg.utils.cluster import rank_zero_decides
 from nucseg.utils.errors import CheckpointError
 from nucseg.utils.train_precision import check_train_precision, settle_train_precision, train_autocast
 
@@ -96,8 +97,15 @@ class SegmentationModule(L.LightningModule):
         self.train_precision = self.hparams["train_precision"] = check_train_precision(precision)
 
     def on_fit_start(self) -> None:
-        if self.train_precision == "auto":  # not settled by a time budget: measure now
+        # not settled by a time budget: measure now; in DDP rank 0 measures and every rank trains as it chose
+        if self.train_precision == "auto" and self.trainer.is_global_zero:
             settle_train_precision(self, self.trainer.datamodule)  # type: ignore[attr-defined]
+        if self.trainer.world_size > 1:
+            chosen = rank_zero_decides(self.train_precision)
+            if chosen != self.train_precision or not self.trainer.is_global_zero:
+                log.info("module.train_precision: %s, as rank 0 chose (this rank had %s)", chosen,
+                         self.train_precision)
+            self.set_train_precision(chosen)
 
     # ----------------------------------------------------------------- inference helpers
     def forward(self, x: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +62,20 @@ def align_data_with_checkpoint(cfg: DictConfig, hparams: Mapping[str, Any]) -> N
                 cfg.data[key] = hparams[key]
 
 
+def _launch_time(fmt: str) -> str:
+    """`${nucseg.launch_time:fmt}`: `${now:fmt}` that all externally started DDP ranks agree on."""
+    from nucseg.utils.cluster import launch_time
+
+    return launch_time(fmt)
+
+
 def register_resolvers() -> None:
-    for name, fn in {
+    resolvers: dict[str, Callable[..., Any]] = {
         "nucseg.root": lambda: str(root_dir()),
         "nucseg.wandb_offline": wandb_offline,
         "nucseg.rank_suffix": rank_suffix,
-    }.items():
+        "nucseg.launch_time": _launch_time,
+    }
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

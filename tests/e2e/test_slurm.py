@@ -1,0 +1,130 @@
+"""`hydra/launcher=slurm` on a real one-node Slurm (`.ci/slurm.sh`; the `slurm` fixture skips where it cannot
+be installed): a 2-job multirun runs as two Slurm jobs, and a training job that Slurm re-queues mid-run
+(`scontrol requeue`) resumes from its `last.ckpt` and ends with the planned steps, not more."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nucseg.utils.resume import checkpoint_progress
+from tests.helpers.marks import LONG_RUN
+from tests.helpers.paths import PROJECT_ROOT
+from tests.helpers.slurm import SLURM_LAUNCHER, wait_for_state
+from tests.helpers.train_cli import LEAN, run_train, train_cmd, train_env
+
+# one intra-op thread per job: two jobs share the test machine's cores
+JOB_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def slurm_jobs(sweep: Path) -> list[str]:
+    """The Slurm job ids of the sweep's started jobs: submitit's folders that hold a job log (`<array>_<k>`, or
+    `<job>` for a single job)."""
+    folder = sweep / ".submitit"
+    return sorted(d.name for d in folder.glob("*/") if any(d.glob("*_log.*"))) if folder.is_dir() else []
+
+
+def submitit_logs(sweep: Path) -> dict[str, str]:
+    """{Slurm job id: its submitit log (stdout and stderr)} of the sweep's jobs."""
+    return {job: "".join(p.read_text() for p in sorted((sweep / ".submitit" / job).glob("*_log.*")))
+            for job in slurm_jobs(sweep)}
+
+
+@LONG_RUN
+def test_two_job_multirun_runs_as_slurm_jobs(slurm, tmp_path, cache_dir, data_dir):
+    sweep = tmp_path / "sweep"
+    run_train(*LEAN, *SLURM_LAUNCHER, "loss=bce_dice,dice", "test=false", f"hydra.sweep.dir={sweep}",
+              cache_dir=cache_dir, multirun=True, env=train_env(**JOB_ENV), timeout=580)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1"]
+    # two Slurm jobs (one array, one task each), each ran its Hydra job to completion
+    logs = submitit_logs(sweep)
+    assert len(logs) == 2, sorted(logs)
+    assert all("Job completed successfully" in log for log in logs.values()), logs
+    metrics = {}
+    for job, loss in (("0", "bce_dice"), ("1", "dice")):
+        d = sweep / job
+        assert f"loss={loss}" in yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())
+        metrics[job] = json.loads((d / "metrics.json").read_text())
+        assert 0.0 <= metrics[job]["val/dice"] <= 1.0
+        assert checkpoint_progress(d / "checkpoints" / "last.ckpt")["global_step"] == 2  # limit_train_batches
+    # the jobs really differ: their losses differ on the same first batches
+    assert metrics["0"]["train/loss"] != metrics["1"]["train/loss"]
+
+
+EPOCHS, BATCHES = 2, 5
+RESUMABLE = [
+    *LEAN, *SLURM_LAUNCHER,
+    f"trainer.max_epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}",
+    # a resume point after every optimizer step
+    "callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.train_time_interval=null",
+    "logger=csv", "test=false",
+]
+
+
+def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, timeout: float = 400) -> None:
+    """Return once last.ckpt holds a step early in the first epoch (the job is then in the middle of it)."""
+    seen = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the launcher ended (rc {proc.returncode}) before the job could be re-queued:\n"
+                        f"{(proc.stdout.read() if proc.stdout else '')[-4000:]}")
+        if last.is_file() and last.stat().st_mtime_ns != seen:
+            seen = last.stat().st_mtime_ns
+            progress = checkpoint_progress(last)
+            if progress["epochs_done"] == 0 and 1 <= progress["global_step"] <= BATCHES - 3:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"no mid-epoch {last} within {timeout} s")
+
+
+@LONG_RUN
+def test_requeued_training_job_resumes_from_last_ckpt(slurm, tmp_path, cache_dir, data_dir):
+    """`scontrol requeue` ends the running job (SIGTERM, then SIGKILL) and later starts its batch script again:
+    submitit runs the same pickled Hydra job in the same directory, and nucseg, seeing SLURM_RESTART_COUNT,
+    continues from last.ckpt although the command has no ckpt_path."""
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    cmd = train_cmd(*RESUMABLE, f"hydra.sweep.dir={sweep}", cache_dir=cache_dir, multirun=True)
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=train_env(**JOB_ENV), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_mid_epoch_checkpoint(last, proc)
+        (job_id,) = slurm_jobs(sweep)
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        # the killed instance is gone once the job waits again (Slurm holds a re-queued job back a while)
+        assert wait_for_state(job_id, ("PENDING",)) == "PENDING"
+        killed_at = checkpoint_progress(last)
+        assert killed_at["epochs_done"] == 0 and 0 < killed_at["global_step"] < BATCHES  # really mid-epoch
+        assert not (run_dir / "metrics.json").exists()
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        out, _ = proc.communicate(timeout=450)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+        for job in slurm_jobs(sweep):  # nothing left running on the cluster
+            subprocess.run(["scancel", job], check=False)
+    assert proc.returncode == 0, out[-6000:]
+
+    log = submitit_logs(sweep)[job_id]
+    assert log.count("Starting with JobEnvironment") == 2  # the batch script ran twice, as one Slurm job
+    assert "after a re-queue: ckpt_path=last" in log
+    assert f"Restoring states from the checkpoint path at {last}" in log
+    # the planned steps, not more: the restarted job trained exactly the steps after the checkpoint, once each
+    assert checkpoint_progress(last)["global_step"] == EPOCHS * BATCHES
+    resumed_csv = run_dir / "csv" / "resume_1" / "metrics.csv"
+    if not resumed_csv.is_file():  # the killed instance had not flushed its CSV
+        resumed_csv = run_dir / "csv" / "metrics.csv"
+    rows = list(csv.DictReader(resumed_csv.open()))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert steps == list(range(killed_at["global_step"], EPOCHS * BATCHES))
+    assert [int(r["epoch"]) for r in rows if r.get("val/dice")] == list(range(EPOCHS))
+    assert 0.0 <= json.loads((run_dir / "metrics.json").read_text())["val/dice"] <= 1.0
