@@ -1,11 +1,13 @@
 """`hydra/launcher=slurm` on a real one-node Slurm (`.ci/slurm.sh`; the `slurm` fixture skips where it cannot
 be installed): a 2-job multirun runs as two Slurm jobs, and a training job that Slurm re-queues mid-run
-(`scontrol requeue`) resumes from its `last.ckpt` and ends with the planned steps, not more."""
+(`scontrol requeue`) resumes from its `last.ckpt` and ends with the planned steps, not more; two Optuna sweeps on
+one study launch their trials as Slurm jobs and finish n_trials between them."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -128,3 +130,69 @@ def test_requeued_training_job_resumes_from_last_ckpt(slurm, tmp_path, cache_dir
     assert steps == list(range(killed_at["global_step"], EPOCHS * BATCHES))
     assert [int(r["epoch"]) for r in rows if r.get("val/dice")] == list(range(EPOCHS))
     assert 0.0 <= json.loads((run_dir / "metrics.json").read_text())["val/dice"] <= 1.0
+
+
+@LONG_RUN
+def test_optuna_trials_run_as_slurm_jobs_sharing_one_study(slurm, tmp_path, cache_dir, data_dir):
+    """Issue 24, 2(c): two sweepers started together on one journal study, each launching its trials as Slurm
+    jobs (`hydra/launcher=slurm`, one at a time): the study ends with exactly n_trials COMPLETE trials between
+    them, each run once, in a Slurm job, by one of the two sweeps."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from nucseg.sweep.storage import open_storage
+    from nucseg.sweep.worker import NOT_RUN, OUTPUT_DIR, WORKER
+
+    url = f"journal://{tmp_path}/shared/study.log"
+    sweeps = [tmp_path / f"sweep{i}" for i in range(2)]
+    # pruner=none: with 3 tiny trials the test wants every trial COMPLETE, not a pruning decision
+    args = [*LEAN, *SLURM_LAUNCHER, "hparams_search=optuna", "hydra.sweeper.sampler.n_startup_trials=2",
+            "hydra.sweeper.pruner=none", "test=false", f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=s",
+            "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1"]
+    procs = [subprocess.Popen(train_cmd(*args, f"hydra.sweep.dir={sweep}", cache_dir=cache_dir), cwd=PROJECT_ROOT,
+                              env=train_env(**JOB_ENV), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for sweep in sweeps]
+    try:
+        outputs = [p.communicate(timeout=560)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=60)
+        for sweep in sweeps:  # nothing left running on the cluster
+            for job in slurm_jobs(sweep):
+                subprocess.run(["scancel", job.split("_")[0]], check=False)
+    assert [p.returncode for p in procs] == [0, 0], [o[-4000:] for o in outputs]
+
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    # the rest (if any) were asked in a race with the other sweep and failed unrun, never launched
+    assert all(t.state == TrialState.FAIL and NOT_RUN in t.user_attrs
+               for t in study.trials if t.state != TrialState.COMPLETE)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert all(t.value is not None and math.isfinite(t.value) for t in complete)
+
+    # each COMPLETE trial ran once, in its own directory (named by its trial number) of one of the two sweeps,
+    # and returned the val/dice its metrics.json holds
+    ran: dict[Path, set[str]] = {sweep: set() for sweep in sweeps}
+    for trial in complete:
+        out = Path(trial.user_attrs[OUTPUT_DIR])
+        assert out.parent in ran and out.name == str(trial.number), out
+        ran[out.parent].add(out.name)
+        assert json.loads((out / "metrics.json").read_text())["val/dice"] == pytest.approx(trial.value)
+    assert sum(len(r) for r in ran.values()) == 3
+    # ...as a Slurm job: every sweep submitted one job per trial it ran, each ran its Hydra job to completion in
+    # that trial's directory, and no trial directory exists without a Slurm job behind it
+    for sweep, trials in ran.items():
+        assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == sorted(trials)
+        logs = submitit_logs(sweep)
+        assert len(logs) == len(trials), (sweep, sorted(logs), sorted(trials))
+        for job, log in logs.items():  # submitit's job environment, read from SLURM_JOB_ID in the job
+            assert f"job_id={job.split('_')[0]}" in log and "Job completed successfully" in log, log[-3000:]
+        for t in trials:  # the job that wrote the trial's metrics, one per trial
+            wrote = [job for job, log in logs.items() if f"wrote {sweep / t / 'metrics.json'}" in log]
+            assert len(wrote) == 1, (t, logs)
+    # the study was shared: both sweeps ran trials (each asks its first at once; a trial's job takes a minute)
+    assert len({t.user_attrs[WORKER] for t in complete}) == 2
