@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {n:5.2f}/step  {site}")
     out = args.out or ROOT / "experiments" / "results" / f"bench_overhead_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    from nucseg.data.io import atomic_write_text
+    from nucseg.utils.atomic import atomic_write_text
 
     results = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), **results}
     atomic_write_text(out, json.dumps(results, indent=2) + "\n")

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nucseg.data.io import atomic_write_text
 from nucseg.instances.tuning import TUNED_KEYS, TuneResult, tune_postprocess
 from nucseg.metrics.calibration import fit_temperature
 from nucseg.uncertainty.estimate import ensemble_members, image_rows, module_samples, module_settings
 from nucseg.uncertainty.ood import OOD_DEFAULTS, FeatureDensity, check_ood_settings, encoder_features
 from nucseg.uncertainty.perturb import perturbed_copy
 from nucseg.uncertainty.review import ReviewThreshold, choose_review_threshold, ood_threshold
+from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.checkpoint import update_checkpoint_hparams
 from nucseg.utils.loops import has_validation, validation_batches
 from nucseg.utils.progress import progress_interval

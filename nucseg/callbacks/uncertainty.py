@@ -39,7 +39,6 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from nucseg.data.io import atomic_write_bytes
 from nucseg.metrics.calibration import CalibrationError, apply_temperature, image_temperature
 from nucseg.uncertainty.estimate import (
     HEATMAPS,
@@ -54,6 +53,7 @@ from nucseg.uncertainty.review import (
     needs_review,
     uncertainty_metrics,
 )
+from nucseg.utils.atomic import atomic_write_bytes
 from nucseg.utils.distributed import gather_rows, sum_states
 from nucseg.utils.files import safe_filename
 from nucseg.utils.run import wandb_experiments

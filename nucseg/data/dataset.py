@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nucseg.data.io import ImageReadError
 from nucseg.data.source import CachedSource
+from nucseg.utils.errors import ImageReadError
 
 __all__ = ["SegmentationDataset", "binary_targets", "collate", "resolve_targets"]
 

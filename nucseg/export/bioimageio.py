@@ -165,7 +165,7 @@ def build_package(module: SegmentationModule, output: Path, image: np.ndarray, m
             config={"nucseg": {"hyper_parameters": hp, "export": metadata["input"]}})
         tmp_zip = tmp / "package.zip"
         save_bioimageio_package(descr, output_path=tmp_zip)
-        from nucseg.data.io import atomic_write_bytes
+        from nucseg.utils.atomic import atomic_write_bytes
 
         atomic_write_bytes(output, tmp_zip.read_bytes())
     return output

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nucseg.data.io import atomic_write_bytes
 from nucseg.models.mc_dropout import set_mc_dropout
+from nucseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["ONNX_OPSET", "ExportNetwork", "build_export_network", "channel_names", "export_metadata", "jsonable",
            "read_torchscript_metadata", "write_onnx", "write_torchscript"]

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nucseg.data.io import atomic_write_text
 from nucseg.inference.inputs import OUTPUT_SUFFIXES
+from nucseg.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from nucseg.inference.prediction import Prediction
@@ -80,7 +80,7 @@ def done_images(out_dir: Path, files: Sequence[Path], stems: Sequence[str], sett
 
 
 def _temporaries(directory: Path, name: str) -> list[str]:
-    """Temporary files `nucseg.data.io.atomic_write` leaves beside `name` when it is killed."""
+    """Temporary files `nucseg.utils.atomic.atomic_write` leaves beside `name` when it is killed."""
     return glob.glob(os.path.join(glob.escape(str(directory)), f".{glob.escape(name)}.*.tmp"))
 
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nucseg.data.io import atomic_write
 from nucseg.instances.measure import COLUMNS as MEASURE_COLUMNS
+from nucseg.utils.atomic import atomic_write
 from nucseg.utils.tables import write_csv
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def review_title(stem: str, pred: Prediction) -> str:
 
 def write_review_figure(path: Path, stem: str, pred: Prediction, outlines: np.ndarray) -> None:
     """`<stem>_review.png`: image, outlines and uncertainty of an image flagged for review, with the reason."""
-    from nucseg.data.io import atomic_write_bytes
+    from nucseg.utils.atomic import atomic_write_bytes
     from nucseg.viz.plots import figure_png, review_panel
 
     fig = review_panel(pred.image, outlines, pred.uncertainty.get("entropy"), review_title(stem, pred))

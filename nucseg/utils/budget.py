@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
-from nucseg.data.io import atomic_write_text
+from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.train_precision import settle_train_precision
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from nucseg.data.io import atomic_write
+from nucseg.utils.atomic import atomic_write
 from nucseg.viz.images import as_uint8_rgb
 
 YELLOW, GREEN, RED = (255, 255, 0), (0, 255, 0), (255, 0, 0)
