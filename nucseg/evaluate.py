@@ -27,6 +27,7 @@ from nucseg.callbacks.evaluation_writer import EvaluationWriter
 from nucseg.callbacks.instance_metrics import InstanceMetrics
 from nucseg.callbacks.region_scores import RegionScores
 from nucseg.callbacks.uncertainty import UncertaintyEvaluation
+from nucseg.checks import check_config
 from nucseg.models.module import load_module
 from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
 from nucseg.utils.errors import ConfigError
@@ -34,7 +35,6 @@ from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
 from nucseg.utils.tables import merge_rows, write_per_image
-from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.checks import check_config
 from nucseg.inference import records
 from nucseg.inference.batch import BatchResult, predict_into
 from nucseg.inference.inputs import list_inputs, require_images, unique_stems
@@ -38,7 +39,6 @@ from nucseg.utils.config import CONF_DIR
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.extras import check_overrides
 from nucseg.utils.files import natural_key
-from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 

@@ -19,17 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.calibrate import calibrate_before_test
+from nucseg.checks import check_config
 from nucseg.models.module import SegmentationModule
-from nucseg.utils.budget import apply_budget, reuse_budget
+from nucseg.training.budget import apply_budget, reuse_budget
+from nucseg.training.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
 from nucseg.utils.checkpoint import MODEL_FILE, publish_model
 from nucseg.utils.config import CONF_DIR
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
 from nucseg.utils.run import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
 from nucseg.utils.tables import merge_rows, write_per_image
-from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 

@@ -281,11 +281,11 @@ class Predictor:
 
 
 def check_settings(**settings: Any) -> None:
-    """The library's arguments against the rules of `python -m nucseg.predict` (nucseg.utils.validate): a bad
+    """The library's arguments against the rules of `python -m nucseg.predict` (nucseg.checks): a bad
     value raises one ConfigError naming it, before a checkpoint is read or an image touched."""
     from omegaconf import OmegaConf
 
-    from nucseg.utils.validate import check_config
+    from nucseg.checks import check_config
 
     check_config(OmegaConf.create({k: v for k, v in settings.items() if v is not None}), "predictor")
 

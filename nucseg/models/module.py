@@ -22,8 +22,8 @@ from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
 from nucseg.models.mc_dropout import mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
 from nucseg.models.targets import disallowed_entries
+from nucseg.models.train_precision import check_train_precision, settle_train_precision, train_autocast
 from nucseg.utils.errors import CheckpointError
-from nucseg.utils.train_precision import check_train_precision, settle_train_precision, train_autocast
 
 __all__ = ["SegmentationModule", "load_module", "pad_to_multiple"]
 
@@ -54,7 +54,7 @@ class SegmentationModule(L.LightningModule):
         """`net` and `loss` are configs (dicts with `_target_`), stored in the checkpoint; `optimizer` and
         `scheduler` are partials that receive the parameters / the optimizer. `channels_last`: NHWC weights
         (oneDNN then runs the convolutions NHWC: 1.3x faster training steps on a 2-core CPU, same maths).
-        `train_precision`: 32, bf16 (autocast in training steps only) or auto (`nucseg.utils.train_precision`).
+        `train_precision`: 32, bf16 (autocast in training steps only) or auto (`nucseg.models.train_precision`).
         `calibration` ({temperature}) and `ood` ({density, threshold}) are fitted at test start
         (`nucseg.callbacks.uncertainty`) and stored here, so prediction reads them from the checkpoint."""
         super().__init__()

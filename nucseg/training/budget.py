@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
+from nucseg.models.train_precision import settle_train_precision
 from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.errors import ConfigError
-from nucseg.utils.train_precision import settle_train_precision
 
 __all__ = ["BudgetPlan", "plan_schedule", "apply_budget", "reuse_budget", "process_elapsed", "run_elapsed"]
 
@@ -50,7 +50,7 @@ class BudgetPlan:
     check_val_every_n_epoch: int
     steps: int
     estimated_total_s: float
-    train_precision: str = "32"  # what module.train_precision=auto chose (nucseg.utils.train_precision)
+    train_precision: str = "32"  # what module.train_precision=auto chose (nucseg.models.train_precision)
     step_s_by_precision: dict[str, float] | None = None
 
 
