@@ -45,7 +45,7 @@ from torch.overrides import TorchFunctionMode
 import nucseg.train as nucseg_train
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.data.datamodule import SegDataModule
-from nucseg.utils.compose import compose_config
+from nucseg.utils.entry_config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

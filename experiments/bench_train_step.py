@@ -34,7 +34,7 @@ import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.models.train_precision import MIN_SPEEDUP, bf16_pays, probe_seconds, step_seconds
 from nucseg.train import build_module
 from nucseg.utils.atomic import atomic_write_text
-from nucseg.utils.compose import compose_config
+from nucseg.utils.entry_config import compose_config
 
 CASES = [
     ("as before: float32, NCHW, 1 worker, .npz per crop",

@@ -40,9 +40,9 @@ from nucseg.uncertainty.perturb import perturbed_copy
 from nucseg.uncertainty.review import ReviewThreshold, choose_review_threshold, ood_threshold
 from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.checkpoint import update_checkpoint_hparams
-from nucseg.utils.loops import has_validation, validation_batches
 from nucseg.utils.progress import progress_interval
 from nucseg.utils.tables import write_csv
+from nucseg.utils.validation_pass import has_validation, validation_batches
 
 __all__ = ["PIXELS_PER_IMAGE", "Calibration", "CalibrationSettings", "calibrate", "calibrate_before_test"]
 

@@ -33,7 +33,7 @@ from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
+from nucseg.utils.run_lifecycle import finish_wandb, to_float_dict, write_metrics
 from nucseg.utils.tables import merge_rows, write_per_image
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from nucseg.utils.config import CONF_DIR
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from nucseg.utils.run import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
+from nucseg.utils.run_lifecycle import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
 from nucseg.utils.tables import merge_rows, write_per_image
 
 log = logging.getLogger(__name__)

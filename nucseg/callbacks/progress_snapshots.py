@@ -24,7 +24,7 @@ from nucseg.data.dataset import collate
 from nucseg.metrics.pixel import dice_score
 from nucseg.uncertainty.sampling import eval_mode
 from nucseg.utils.atomic import atomic_write_bytes, atomic_write_text
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.viz.images import as_uint8_rgb, center_crop
 
 log = logging.getLogger(__name__)

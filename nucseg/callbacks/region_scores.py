@@ -29,7 +29,7 @@ from torchmetrics.classification import BinaryConfusionMatrix
 from nucseg.callbacks.scoring import ScoringCallback
 from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 from nucseg.metrics.regions import REGION_KEYS, pixel_error, region_scores
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
 
 __all__ = ["RegionScores"]
 

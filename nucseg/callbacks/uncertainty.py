@@ -56,7 +56,7 @@ from nucseg.uncertainty.review import (
 from nucseg.utils.atomic import atomic_write_bytes
 from nucseg.utils.distributed import gather_rows, sum_states
 from nucseg.utils.files import safe_filename
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.utils.tables import write_csv
 
 log = logging.getLogger(__name__)

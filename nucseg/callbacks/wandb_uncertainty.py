@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from nucseg.metrics.pixel import dice_score
 from nucseg.uncertainty.estimate import HEATMAPS, module_samples, module_settings
 from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.viz.images import as_uint8_rgb, center_crop
 
 log = logging.getLogger(__name__)

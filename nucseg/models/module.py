@@ -19,9 +19,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
+from nucseg.models.allowlist import disallowed_entries
 from nucseg.models.mc_dropout import mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
-from nucseg.models.targets import disallowed_entries
 from nucseg.models.train_precision import check_train_precision, settle_train_precision, train_autocast
 from nucseg.utils.errors import CheckpointError
 
@@ -160,7 +160,7 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
     """Rebuild a trained module from its checkpoint alone (no training config needed).
 
     Loads with `weights_only=True`: the checkpoint holds tensors and plain containers only, so no code from
-    the file is executed; the `_target_`s of its configs must pass `nucseg.models.targets` (an allow-list)
+    the file is executed; the `_target_`s of its configs must pass `nucseg.models.allowlist` (an allow-list)
     before anything is instantiated. The weights are loaded strictly: a checkpoint whose weights do not fit
     the network its hyper-parameters describe raises `CheckpointError` naming the missing and unexpected
     keys, instead of predicting with random weights. Every refusal is one `CheckpointError` line naming the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nucseg.train import train
-from nucseg.utils.run import finish_wandb
+from nucseg.utils.run_lifecycle import finish_wandb
 from tests.helpers.marks import LONG_RUN
 
 
