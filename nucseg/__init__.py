@@ -24,6 +24,7 @@ __all__ = ["Prediction", "Predictor", "__version__", "export_model"]
 
 
 def __getattr__(name: str) -> Any:
+    # lazy: `import nucseg.data.io` and the command-line tool must not load torch and the models
     if name == "export_model":
         from nucseg.export import export_model
 

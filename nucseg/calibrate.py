@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nucseg.callbacks.postprocess_tuning import PostprocessTuning
+from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.instances.tuning import TUNED_KEYS, TuneResult, tune_postprocess
 from nucseg.metrics.calibration import fit_temperature
 from nucseg.uncertainty.estimate import ensemble_members, image_rows, module_samples, module_settings
@@ -82,9 +84,6 @@ class CalibrationSettings:
                        ) -> CalibrationSettings:
         """The settings a run's config gives through its `callbacks.postprocess_tuning` and
         `callbacks.uncertainty` (no tuning without the first, no uncertainty fitting without the second)."""
-        from nucseg.callbacks.postprocess_tuning import PostprocessTuning
-        from nucseg.callbacks.uncertainty import UncertaintyEvaluation
-
         tuning = next((c for c in callbacks if isinstance(c, PostprocessTuning)), None)
         unc = next((c for c in callbacks if isinstance(c, UncertaintyEvaluation)), None)
         return cls(

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nucseg.inference.shards import parse_shard
 from nucseg.uncertainty.scores import SCORES
 from nucseg.utils.errors import ConfigError
 
@@ -82,8 +83,6 @@ def _file(v: Any) -> bool:
 
 
 def _shard(v: Any) -> bool:
-    from nucseg.inference.shards import parse_shard
-
     return parse_shard(v) is not None
 
 

@@ -19,6 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.calibrate import calibrate_before_test
+from nucseg.callbacks.instance_metrics import InstanceMetrics
+from nucseg.callbacks.region_scores import RegionScores
+from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.checks import check_config
 from nucseg.models.module import SegmentationModule
 from nucseg.training.budget import apply_budget, reuse_budget
@@ -109,10 +112,6 @@ def write_test_rows(path: Path, callbacks: list) -> None:
     """per_image.csv of the test split as `nucseg.evaluate` writes it: the instance metrics, the uncertainty
     rows (certainty, every candidate score, OOD score, review flag) and the pixel error / region scores joined on
     the image id."""
-    from nucseg.callbacks.instance_metrics import InstanceMetrics
-    from nucseg.callbacks.region_scores import RegionScores
-    from nucseg.callbacks.uncertainty import UncertaintyEvaluation
-
     tables = [c.rows for kind in (InstanceMetrics, UncertaintyEvaluation, RegionScores)
               for c in callbacks if isinstance(c, kind) and c.rows]
     if tables:

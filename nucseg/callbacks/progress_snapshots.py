@@ -26,6 +26,7 @@ from nucseg.uncertainty.sampling import eval_mode
 from nucseg.utils.atomic import atomic_write_bytes, atomic_write_text
 from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.viz.images import as_uint8_rgb, center_crop
+from nucseg.viz.plots import figure_array, figure_png, progress_grid
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,6 @@ class ProgressSnapshots(L.Callback):
         self._write(trainer)
 
     def _write(self, trainer: L.Trainer) -> None:
-        from nucseg.viz.plots import figure_array, figure_png, progress_grid
-
         images = [as_uint8_rgb(b["image"][0]) for b in self._batches]
         targets = [b["target"][0, 0].numpy() if b["labelled"][0] else None for b in self._batches]
         fig = progress_grid(images, targets, self.snapshots, names=[b["id"][0] for b in self._batches])

@@ -23,7 +23,7 @@ from nucseg.metrics.pixel import dice_score, iou_score
 from nucseg.utils.distributed import gather_rows
 from nucseg.utils.tables import write_csv
 from nucseg.viz.images import as_uint8_rgb
-from nucseg.viz.report import thumbnail
+from nucseg.viz.report import best_worst_figure, certainty_dice_figure, save_figure, thumbnail, training_curves_figure
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ class ReportFigures(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.history and not self.train_history:
             return
-        from nucseg.viz.report import save_figure, training_curves_figure
-
         save_figure(training_curves_figure(self.train_history, self.history),
                     self._dir(trainer) / "training_curves.png")
 
@@ -102,8 +100,6 @@ class ReportFigures(L.Callback):
         self.rows = gather_rows(trainer, self.rows)  # DDP: every process's test images, once each
         if not self.rows or not trainer.is_global_zero:
             return
-        from nucseg.viz.report import best_worst_figure, certainty_dice_figure, save_figure
-
         out = self._dir(trainer)
         ranked = sorted(self.rows, key=lambda r: r["dice"])
         write_csv(out / "per_image.csv", PER_IMAGE_COLUMNS, ranked)

@@ -58,6 +58,7 @@ from nucseg.utils.distributed import gather_rows, sum_states
 from nucseg.utils.files import safe_filename
 from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.utils.tables import write_csv
+from nucseg.viz.plots import figure_array, figure_png, pad_to_common_size, reliability_diagram, row_panel, row_title
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,6 @@ class UncertaintyEvaluation(L.Callback):
             if i == 0 and isinstance(outputs, dict):  # for later callbacks (report figures); test batches hold 1
                 outputs["uncertainty"], outputs["certainty"] = heat.detach().float().cpu(), row["certainty"]
             if len(self._panels) < self.num_heatmaps and trainer.is_global_zero:
-                from nucseg.viz.plots import figure_array, figure_png, row_panel, row_title
-
                 pred = mean > float(getattr(pl_module, "threshold", 0.5))
                 fig = row_panel(batch["image"][i], pred, heat, true, self.heatmap, row)
                 atomic_write_bytes(self._out(trainer) / "heatmaps" / f"{safe_filename(row['id'])}.png",
@@ -194,8 +193,6 @@ class UncertaintyEvaluation(L.Callback):
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
-        from nucseg.viz.plots import figure_array, figure_png, pad_to_common_size, reliability_diagram
-
         assert self.settings is not None
         out = self._out(trainer)
         _write_rows(out / "test_images.csv", self.rows)

@@ -16,6 +16,7 @@ from nucseg.uncertainty.estimate import HEATMAPS, module_samples, module_setting
 from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
 from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.viz.images import as_uint8_rgb, center_crop
+from nucseg.viz.plots import figure_array, pad_to_common_size, uncertainty_panel
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ class WandbUncertaintyHeatmaps(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._active or batch_idx >= self.num_images:
             return
-        from nucseg.viz.plots import figure_array, uncertainty_panel
-
         assert self._settings is not None
         crop = center_crop(batch, self.max_side)
         samples = module_samples(pl_module, crop["image"][:1], self._settings, samples=self.samples)
@@ -71,8 +70,6 @@ class WandbUncertaintyHeatmaps(L.Callback):
         if not self._images:
             return
         import wandb
-
-        from nucseg.viz.plots import pad_to_common_size
 
         arrays = pad_to_common_size([a for a, _ in self._images])
         images = [wandb.Image(a, caption=c) for a, (_, c) in zip(arrays, self._images, strict=True)]

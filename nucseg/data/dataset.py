@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nucseg.data.source import CachedSource
+from nucseg.instances.targets import instance_targets
 from nucseg.utils.errors import ImageReadError
 
 __all__ = ["SegmentationDataset", "binary_targets", "collate", "resolve_targets"]
@@ -85,7 +86,5 @@ def resolve_targets(targets: str | Callable) -> Callable:
     if targets == "binary":
         return binary_targets
     if targets == "instance":
-        from nucseg.instances.targets import instance_targets
-
         return instance_targets
     raise ValueError(f"data.targets: expected 'binary' or 'instance', got {targets!r}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nucseg.inference.inputs import OUTPUT_SUFFIXES
+from nucseg.inference.writers import submission_rows, write_image_outputs
 from nucseg.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
@@ -121,8 +122,6 @@ def write_image(out_dir: Path, stem: str, path: Path, pred: Prediction, settings
                 overlay: bool = True, rle: bool = False) -> dict[str, Any]:
     """Write the outputs of image `stem`, then its record (its old ones are removed first); returns the record.
     When a write fails or is interrupted, nothing of the image is left."""
-    from nucseg.inference.writers import submission_rows, write_image_outputs
-
     forget(out_dir, stem)
     try:
         outputs = write_image_outputs(out_dir, stem, pred, overlay=overlay)

@@ -23,7 +23,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
+from nucseg.instances.watershed import probs_to_instances
+from nucseg.metrics.dsb_score import dsb_score_image
 from nucseg.models.train_precision import settle_train_precision
+from nucseg.uncertainty.sampling import has_mc_dropout, sample_probs
 from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.errors import ConfigError
 
@@ -128,10 +131,6 @@ def _time_eval(module: Any, datamodule: Any, n_images: int, samples: int) -> tup
     per image of one post-processing, of one post-processing plus its DSB score) on `n_images` validation
     images spread over the split's sizes (per-megapixel costs grow with the image: the smallest images alone
     underestimate a split with large ones)."""
-    from nucseg.instances.watershed import probs_to_instances
-    from nucseg.metrics.dsb_score import dsb_score_image
-    from nucseg.uncertainty.sampling import has_mc_dropout, sample_probs
-
     dataset = datamodule.dataset("val")
     ids = list(datamodule.splits.get("val", []))
     sizes = [math.prod(datamodule.cached.load(rid)[0].shape[:2]) for rid in ids]

@@ -25,8 +25,10 @@ from torch import Tensor, nn
 
 from nucseg.inference.tta import get_ops
 from nucseg.models.mc_dropout import has_mc_dropout, mc_dropout_enabled
+from nucseg.models.module import load_module
 from nucseg.models.padding import pad_to_multiple
 from nucseg.uncertainty.scores import LEGACY_SCORE, SCORES
+from nucseg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +212,6 @@ def method_defaults(method: str) -> dict[str, Any]:
 def _method_defaults(method: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from nucseg.utils.config import CONF_DIR
-
     folder = CONF_DIR / "uncertainty"
     merged: dict[str, Any] = {}
     for name in ("_base", method):
@@ -272,6 +272,4 @@ def checkpoint_paths(patterns: Sequence[str]) -> list[Path]:
 
 def load_ensemble(patterns: Sequence[str], device: torch.device | str = "cpu") -> list[nn.Module]:
     """The member networks of a deep ensemble, rebuilt from their checkpoints alone."""
-    from nucseg.models.module import load_module
-
     return [load_module(p).net.to(device).eval() for p in checkpoint_paths(patterns)]
