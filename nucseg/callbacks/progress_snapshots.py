@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from nucseg.data.dataset import collate
 from nucseg.metrics.pixel import dice_score
@@ -89,7 +90,8 @@ class ProgressSnapshots(L.Callback):
             return []
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                           batch: dict[str, Any], batch_idx: int) -> None:
         if not self._batches:
             return
         step = trainer.global_step

@@ -13,11 +13,14 @@ map, `outputs["certainty"]` as a float); listed after them, this callback picks 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from nucseg.metrics.pixel import dice_score, iou_score
 from nucseg.utils.distributed import gather_rows
@@ -76,9 +79,11 @@ class ReportFigures(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows = []
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                          batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not batch["labelled"][0]:
             return
+        assert isinstance(outputs, Mapping)  # SegmentationModule's test step returns a dict
         prob = outputs["probs"][0, 0].float().cpu()
         true = batch["target"][0, 0].cpu() > 0.5
         pred = prob > self.threshold

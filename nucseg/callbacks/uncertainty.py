@@ -37,6 +37,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 
 from nucseg.metrics.calibration import CalibrationError, apply_temperature, image_temperature
@@ -149,7 +150,8 @@ class UncertaintyEvaluation(L.Callback):
         self._cal = {k: CalibrationError(n_bins, sync_on_compute=False)
                      for k in ("mc", "calibrated", "calibrated_val", "calibrated_pooled", "det")}
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                          batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.settings is None:
             return
         ood = self._ood_scores(pl_module, batch)

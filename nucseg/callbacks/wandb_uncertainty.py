@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from nucseg.metrics.pixel import dice_score
 from nucseg.uncertainty.estimate import HEATMAPS, module_samples, module_settings
@@ -47,7 +48,8 @@ class WandbUncertaintyHeatmaps(L.Callback):
                         and trainer.current_epoch % self.every_n_epochs == 0 and bool(wandb_experiments(trainer)))
 
     @rank_zero_only
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                                batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self._active or batch_idx >= self.num_images:
             return
         assert self._settings is not None
