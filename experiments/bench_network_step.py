@@ -26,10 +26,10 @@ import hydra
 import torch
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
-from nucseg.data.io import atomic_write_text
+from nucseg.models.train_precision import bf16_pays, probe_seconds, step_seconds
 from nucseg.train import build_module
-from nucseg.utils.compose import compose_config
-from nucseg.utils.train_precision import bf16_pays, probe_seconds, step_seconds
+from nucseg.utils.atomic import atomic_write_text
+from nucseg.utils.entry_config import compose_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train_step import cpu_info  # noqa: E402

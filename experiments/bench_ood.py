@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     from nucseg import Predictor
-    from nucseg.data.io import atomic_write_text
+    from nucseg.utils.atomic import atomic_write_text
 
     torch.set_num_threads(os.cpu_count() or 1)
     imgs = images(args.images)

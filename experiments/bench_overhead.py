@@ -45,7 +45,7 @@ from torch.overrides import TorchFunctionMode
 import nucseg.train as nucseg_train
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.data.datamodule import SegDataModule
-from nucseg.utils.compose import compose_config
+from nucseg.utils.entry_config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {n:5.2f}/step  {site}")
     out = args.out or ROOT / "experiments" / "results" / f"bench_overhead_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    from nucseg.data.io import atomic_write_text
+    from nucseg.utils.atomic import atomic_write_text
 
     results = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), **results}
     atomic_write_text(out, json.dumps(results, indent=2) + "\n")

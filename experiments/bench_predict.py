@@ -93,7 +93,7 @@ class StageTimer:
 
 
 def predict_config(ckpt: Path, inp: Path, out: Path) -> Any:
-    from nucseg.utils.compose import compose_config
+    from nucseg.utils.entry_config import compose_config
 
     return compose_config("predict", [f"ckpt_path={ckpt}", f"input={inp}", f"output={out}", "uncertainty.method=none",
                                       "progress=false", "device=cpu"], out)

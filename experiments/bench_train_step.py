@@ -31,10 +31,10 @@ import hydra
 import torch
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
-from nucseg.data.io import atomic_write_text
+from nucseg.models.train_precision import MIN_SPEEDUP, bf16_pays, probe_seconds, step_seconds
 from nucseg.train import build_module
-from nucseg.utils.compose import compose_config
-from nucseg.utils.train_precision import MIN_SPEEDUP, bf16_pays, probe_seconds, step_seconds
+from nucseg.utils.atomic import atomic_write_text
+from nucseg.utils.entry_config import compose_config
 
 CASES = [
     ("as before: float32, NCHW, 1 worker, .npz per crop",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from nucseg.data.io import atomic_write_text
+from nucseg.utils.atomic import atomic_write_text
 from nucseg.viz.report import histories_from_csv, save_figure, training_curves_figure
 
 FILES = [

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from nucseg.data.acquisitions import imaging_type
 from nucseg.data.dsb2018 import DSB2018Source
-from nucseg.data.io import atomic_write_text, read_raw, to_rgb
+from nucseg.data.io import read_raw, to_rgb
+from nucseg.utils.atomic import atomic_write_text
 
 
 def main() -> None:

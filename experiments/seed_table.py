@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from nucseg.data.io import atomic_write_text
+from nucseg.utils.atomic import atomic_write_text
 
 
 def jobs(sweep_dir: Path, label: str | None = None) -> list[tuple[str, str, dict]]:

@@ -19,8 +19,9 @@ import numpy as np
 
 from nucseg.data.acquisitions import dhash
 from nucseg.data.dsb2018 import DSB2018Source
-from nucseg.data.io import atomic_write_text, read_raw, to_rgb
+from nucseg.data.io import read_raw, to_rgb
 from nucseg.data.splits import split_records
+from nucseg.utils.atomic import atomic_write_text
 
 
 def leakage(split: dict[str, list[str]], acq: dict[str, str], hashes: dict[str, int], hamming: int) -> dict:

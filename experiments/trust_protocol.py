@@ -187,7 +187,7 @@ def val_figures(rows: list[dict[str, str]]) -> dict[str, float]:
 
 
 def write_table(runs: Path, out: Path) -> None:
-    from nucseg.data.io import atomic_write_text
+    from nucseg.utils.atomic import atomic_write_text
 
     types, settings = image_types(), review_settings()
     per_run: dict[str, dict[str, dict[str, float]]] = {}

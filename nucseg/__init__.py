@@ -7,13 +7,11 @@ on first use, so that `import nucseg.data.io` and the like do not load torch and
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("nucseg")
-except PackageNotFoundError:  # a source tree on sys.path without an install
-    __version__ = "0+unknown"
+from nucseg.utils.version import package_version
+
+__version__ = package_version()
 
 if TYPE_CHECKING:
     from nucseg.export import export_model
@@ -24,6 +22,7 @@ __all__ = ["Prediction", "Predictor", "__version__", "export_model"]
 
 
 def __getattr__(name: str) -> Any:
+    # lazy: `import nucseg.data.io` and the command-line tool must not load torch and the models
     if name == "export_model":
         from nucseg.export import export_model
 

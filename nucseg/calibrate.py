@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nucseg.data.io import atomic_write_text
+from nucseg.callbacks.postprocess_tuning import PostprocessTuning
+from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.instances.tuning import TUNED_KEYS, TuneResult, tune_postprocess
 from nucseg.metrics.calibration import fit_temperature
 from nucseg.models.module import pad_multiple, pixel_threshold
@@ -41,10 +42,11 @@ from nucseg.uncertainty.estimate import ensemble_members, image_rows, module_sam
 from nucseg.uncertainty.ood import OOD_DEFAULTS, FeatureDensity, check_ood_settings, encoder_features
 from nucseg.uncertainty.perturb import perturbed_copy
 from nucseg.uncertainty.review import ReviewThreshold, choose_review_threshold, ood_threshold
+from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.checkpoint import update_checkpoint_hparams
-from nucseg.utils.loops import has_validation, validation_batches
 from nucseg.utils.progress import progress_interval
 from nucseg.utils.tables import write_csv
+from nucseg.utils.validation_pass import has_validation, validation_batches
 
 __all__ = ["PIXELS_PER_IMAGE", "Calibration", "CalibrationSettings", "calibrate", "calibrate_before_test"]
 
@@ -84,9 +86,6 @@ class CalibrationSettings:
                        ) -> CalibrationSettings:
         """The settings a run's config gives through its `callbacks.postprocess_tuning` and
         `callbacks.uncertainty` (no tuning without the first, no uncertainty fitting without the second)."""
-        from nucseg.callbacks.postprocess_tuning import PostprocessTuning
-        from nucseg.callbacks.uncertainty import UncertaintyEvaluation
-
         tuning = next((c for c in callbacks if isinstance(c, PostprocessTuning)), None)
         unc = next((c for c in callbacks if isinstance(c, UncertaintyEvaluation)), None)
         return cls(

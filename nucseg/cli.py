@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from nucseg import __version__
 from nucseg.utils.extras import check_overrides
 
 __all__ = ["COMMANDS", "main", "usage"]
@@ -26,8 +27,6 @@ COMMANDS = {
 
 
 def version() -> str:
-    from nucseg import __version__
-
     return __version__
 
 

@@ -27,15 +27,15 @@ from nucseg.callbacks.evaluation_writer import EvaluationWriter
 from nucseg.callbacks.instance_metrics import InstanceMetrics
 from nucseg.callbacks.region_scores import RegionScores
 from nucseg.callbacks.uncertainty import UncertaintyEvaluation
+from nucseg.checks import check_config
 from nucseg.models.module import SegmentationModule, load_module
 from nucseg.uncertainty.sampling import resolve_settings
 from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
-from nucseg.utils.errors import ConfigError
+from nucseg.utils.errors import ConfigError, friendly_errors
 from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from nucseg.utils.run import finish_wandb, to_float_dict, write_metrics
+from nucseg.utils.run_lifecycle import finish_wandb, to_float_dict, write_metrics
 from nucseg.utils.tables import merge_rows, write_per_image
-from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,6 @@ def headline(metrics: dict[str, Any], split: str = "test") -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from nucseg.utils.errors import friendly_errors
-
     try:
         with friendly_errors():
             metrics = evaluate(cfg)

@@ -28,6 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.checks import check_config
 from nucseg.inference import records
 from nucseg.inference.batch import BatchResult, predict_into
 from nucseg.inference.inputs import list_inputs, require_images, unique_stems
@@ -35,10 +36,9 @@ from nucseg.inference.predictor import Predictor
 from nucseg.inference.shards import TABLES, merge_shards, select_shard
 from nucseg.inference.writers import write_probability_stack, write_tables
 from nucseg.utils.config import CONF_DIR
-from nucseg.utils.errors import ConfigError
+from nucseg.utils.errors import ConfigError, friendly_errors
 from nucseg.utils.extras import check_overrides
 from nucseg.utils.files import natural_key
-from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,6 @@ def _plain(node: Any) -> Any:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from nucseg.utils.errors import friendly_errors
-
     with friendly_errors():
         report = run_predict(cfg)
     n_ok, n_err = len(report.summary), len(report.errors)

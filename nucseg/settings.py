@@ -5,7 +5,7 @@ and back as frozen dataclasses whose defaults and checks are written once, here.
     checkpoint (load)    ──> UncertaintySettings.from_mapping ──> sampling, calibrate, Predictor
 
 Each field carries its `Rule` (`nucseg.utils.rules`): the dataclass checks itself with it, and
-`nucseg.utils.validate` reads the same rules to check a composed config before any work. The YAML files under
+`nucseg.checks` reads the same rules to check a composed config before any work. The YAML files under
 `conf/uncertainty/` state the same defaults for users to read and override (a test keeps them equal); the
 library never reads them.
 
@@ -261,7 +261,7 @@ def _enum_rule(choice: type[_Choice]) -> Rule:
 
 @functools.cache
 def setting_rules() -> dict[str, Rule]:
-    """The config keys of the typed settings and their rules (for `nucseg.utils.validate.RULES`; one
+    """The config keys of the typed settings and their rules (for `nucseg.checks.RULES`; one
     table, built once)."""
     rules = {f"uncertainty.{f.name}": f.metadata["rule"] for f in fields(UncertaintySettings) if "rule" in f.metadata}
     rules["uncertainty.method"] = _enum_rule(UncertaintyMethod)

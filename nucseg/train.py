@@ -19,9 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.calibrate import calibrate_before_test
+from nucseg.callbacks.instance_metrics import InstanceMetrics
+from nucseg.callbacks.region_scores import RegionScores
+from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.callbacks.wandb_outputs import log_run_outputs
+from nucseg.checks import check_config
 from nucseg.models.module import SegmentationModule
-from nucseg.utils.budget import apply_budget, reuse_budget
+from nucseg.training.budget import apply_budget, reuse_budget
+from nucseg.training.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
 from nucseg.utils.checkpoint import MODEL_FILE, publish_model
 from nucseg.utils.cluster import rank_overrides, requeued_ckpt_path
 from nucseg.utils.config import CONF_DIR
@@ -29,10 +34,8 @@ from nucseg.utils.distributed import gather_rows
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.extras import check_overrides
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from nucseg.utils.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
-from nucseg.utils.run import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
+from nucseg.utils.run_lifecycle import finish_wandb, hydra_job_for_ddp, to_float_dict, write_metrics
 from nucseg.utils.tables import merge_rows, write_per_image
-from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +118,6 @@ def write_test_rows(path: Path, callbacks: list, trainer: L.Trainer | None = Non
     rows (certainty, every candidate score, OOD score, review flag) and the pixel error / region scores joined on
     the image id. In DDP every rank calls it: each table is gathered from all ranks (once per image, without the
     DistributedSampler's padding copies) and rank 0 writes."""
-    from nucseg.callbacks.instance_metrics import InstanceMetrics
-    from nucseg.callbacks.region_scores import RegionScores
-    from nucseg.callbacks.uncertainty import UncertaintyEvaluation
-
     tables = [gather_rows(trainer, c.rows) for kind in (InstanceMetrics, UncertaintyEvaluation, RegionScores)
               for c in callbacks if isinstance(c, kind)]
     tables = [t for t in tables if t]

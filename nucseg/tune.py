@@ -15,13 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.calibrate import CalibrationSettings, calibrate
-from nucseg.data.io import atomic_write_text
+from nucseg.checks import check_config
 from nucseg.instances.tuning import OBJECTIVE_TITLES, TUNED_KEYS
 from nucseg.models.module import load_module
+from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.config import CONF_DIR, align_data_with_checkpoint
 from nucseg.utils.errors import friendly_errors
 from nucseg.utils.extras import check_overrides
-from nucseg.utils.validate import check_config
 
 log = logging.getLogger(__name__)
 

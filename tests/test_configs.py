@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from nucseg.checks import violations
 from nucseg.train import build_module
 from nucseg.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from nucseg.utils.validate import violations
 from tests.helpers.datasets import write_kaggle_test_set, write_user_folder
 from tests.helpers.paths import CONF_DIR
 

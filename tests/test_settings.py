@@ -8,6 +8,7 @@ import importlib
 
 import pytest
 
+from nucseg.checks import RULES
 from nucseg.settings import (
     Blend,
     CertaintyScore,
@@ -16,7 +17,6 @@ from nucseg.settings import (
     WindowSettings,
     setting_rules,
 )
-from nucseg.utils.validate import RULES
 
 
 def test_enums_compare_as_their_strings_and_parse_with_a_named_error():
@@ -100,5 +100,5 @@ def test_the_library_never_reads_conf():
     readers = sorted(str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "nucseg").rglob("*.py")
                      if "CONF_DIR" in p.read_text())
     entry_points = {"nucseg/train.py", "nucseg/evaluate.py", "nucseg/predict.py", "nucseg/tune.py",
-                    "nucseg/export/__main__.py", "nucseg/utils/config.py", "nucseg/utils/compose.py"}
+                    "nucseg/export/__main__.py", "nucseg/utils/config.py", "nucseg/utils/entry_config.py"}
     assert readers and set(readers) <= entry_points, set(readers) - entry_points

@@ -10,10 +10,17 @@ import lightning as L
 import numpy as np
 import torch
 
+from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 from nucseg.metrics.pixel import dice_score, iou_score
 from nucseg.models.module import pixel_threshold
 from nucseg.utils.files import safe_filename
 from nucseg.viz.images import as_uint8_rgb
+from nucseg.viz.overlays import (
+    membrane_error_overlay,
+    object_error_overlay,
+    pixel_error_overlay,
+    save_png,
+)
 
 __all__ = ["EvaluationWriter"]
 
@@ -51,20 +58,11 @@ class EvaluationWriter(L.Callback):
 
     def _overlay(self, pl_module: L.LightningModule, batch: dict, i: int, probs: torch.Tensor, pred: np.ndarray,
                  rid: str) -> None:
-        from nucseg.viz.overlays import (
-            membrane_error_overlay,
-            object_error_overlay,
-            pixel_error_overlay,
-            save_png,
-        )
-
         image = as_uint8_rgb(batch["image"][i])
         if self.level in ("pixel", "membrane"):
             draw = pixel_error_overlay if self.level == "pixel" else membrane_error_overlay
             rgb = draw(image, pred, batch["target"][i, 0].cpu().numpy() > 0.5, self.alpha)
         else:
-            from nucseg.instances.watershed import postprocess_settings, probs_to_instances
-
             pred_labels = probs_to_instances(probs.numpy(), **postprocess_settings(pl_module))
             rgb = object_error_overlay(image, pred_labels, batch["labels"][i].cpu().numpy(), self.iou_threshold,
                                        self.alpha)

@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from nucseg.utils.progress import DEFAULT_INTERVAL_S, INTERVAL_ATTR, ProgressClock, plain_progress_wanted
 
@@ -85,13 +86,15 @@ class ProgressLog(L.Callback):
         self._train, self._loss_sum, self._loss_n, self._last_loss = None, None, 0, None
 
     @rank_zero_only
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any],
+                             batch_idx: int) -> None:
         # the clock starts at the first batch: what callbacks do before (e.g. timing a budget) is not a step
         if self.enabled and self._train is None:
             self._train = self._clock(_total(trainer.estimated_stepping_batches), start=trainer.global_step)
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                           batch: dict[str, Any], batch_idx: int) -> None:
         if self._train is None:
             return
         loss = _step_loss(outputs)
@@ -154,11 +157,13 @@ class ProgressLog(L.Callback):
         self._eval_start(trainer, trainer.num_val_batches)
 
     @rank_zero_only
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any],
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_batch_start(trainer)
 
     @rank_zero_only
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                                batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_batch_end("validate")
 
     @rank_zero_only
@@ -170,11 +175,13 @@ class ProgressLog(L.Callback):
         self._eval_start(trainer, trainer.num_test_batches)
 
     @rank_zero_only
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any],
+                            batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_batch_start(trainer)
 
     @rank_zero_only
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                          batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_batch_end("test")
 
     @rank_zero_only
@@ -186,11 +193,13 @@ class ProgressLog(L.Callback):
         self._eval_start(trainer, trainer.num_predict_batches)
 
     @rank_zero_only
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any],
+                               batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_batch_start(trainer)
 
     @rank_zero_only
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                             batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_batch_end("predict")
 
     @rank_zero_only

@@ -19,14 +19,16 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from nucseg.data.dataset import collate
-from nucseg.data.io import atomic_write_bytes, atomic_write_text
 from nucseg.metrics.pixel import dice_score
 from nucseg.models.module import pixel_threshold
 from nucseg.uncertainty.sampling import eval_mode
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.atomic import atomic_write_bytes, atomic_write_text
+from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.viz.images import as_uint8_rgb, center_crop
+from nucseg.viz.plots import figure_array, figure_png, progress_grid
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,8 @@ class ProgressSnapshots(L.Callback):
             return []
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                           batch: dict[str, Any], batch_idx: int) -> None:
         if not self._batches:
             return
         step = trainer.global_step
@@ -122,8 +125,6 @@ class ProgressSnapshots(L.Callback):
         self._write(trainer)
 
     def _write(self, trainer: L.Trainer) -> None:
-        from nucseg.viz.plots import figure_array, figure_png, progress_grid
-
         images = [as_uint8_rgb(b["image"][0]) for b in self._batches]
         targets = [b["target"][0, 0].numpy() if b["labelled"][0] else None for b in self._batches]
         fig = progress_grid(images, targets, self.snapshots, names=[b["id"][0] for b in self._batches])

@@ -30,7 +30,9 @@ from nucseg.callbacks.scoring import ScoringCallback
 from nucseg.instances.watershed import postprocess_settings, probs_to_instances
 from nucseg.metrics.regions import REGION_KEYS, pixel_error, region_scores
 from nucseg.models.module import pixel_threshold
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
+from nucseg.viz.plots import figure_array
+from nucseg.viz.report import confusion_matrix_figure, save_figure
 
 __all__ = ["RegionScores"]
 
@@ -115,9 +117,6 @@ class RegionScores(ScoringCallback):
         import matplotlib.pyplot as plt
         import wandb
 
-        from nucseg.viz.plots import figure_array
-        from nucseg.viz.report import confusion_matrix_figure
-
         fig = confusion_matrix_figure(rates, self.class_names)
         image = wandb.Image(figure_array(fig), caption=f"{stage}: rows true, columns predicted, normalised per "
                             "true class")
@@ -128,7 +127,5 @@ class RegionScores(ScoringCallback):
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         rates = self._finish(trainer, pl_module, stage)
         if stage == "test" and rates is not None and trainer.is_global_zero:
-            from nucseg.viz.report import confusion_matrix_figure, save_figure
-
             path = Path(trainer.default_root_dir) / self.dirname / "confusion_matrix.png"
             save_figure(confusion_matrix_figure(rates, self.class_names), path)

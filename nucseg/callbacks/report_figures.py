@@ -13,17 +13,20 @@ map, `outputs["certainty"]` as a float); listed after them, this callback picks 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from nucseg.metrics.pixel import dice_score, iou_score
 from nucseg.utils.distributed import gather_rows
 from nucseg.utils.tables import write_csv
 from nucseg.viz.images import as_uint8_rgb
-from nucseg.viz.report import thumbnail
+from nucseg.viz.report import best_worst_figure, certainty_dice_figure, save_figure, thumbnail, training_curves_figure
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,6 @@ class ReportFigures(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.history and not self.train_history:
             return
-        from nucseg.viz.report import save_figure, training_curves_figure
-
         save_figure(training_curves_figure(self.train_history, self.history),
                     self._dir(trainer) / "training_curves.png")
 
@@ -78,9 +79,11 @@ class ReportFigures(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows = []
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                          batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not batch["labelled"][0]:
             return
+        assert isinstance(outputs, Mapping)  # SegmentationModule's test step returns a dict
         prob = outputs["probs"][0, 0].float().cpu()
         true = batch["target"][0, 0].cpu() > 0.5
         pred = prob > self.threshold
@@ -102,8 +105,6 @@ class ReportFigures(L.Callback):
         self.rows = gather_rows(trainer, self.rows)  # DDP: every process's test images, once each
         if not self.rows or not trainer.is_global_zero:
             return
-        from nucseg.viz.report import best_worst_figure, certainty_dice_figure, save_figure
-
         out = self._dir(trainer)
         ranked = sorted(self.rows, key=lambda r: r["dice"])
         write_csv(out / "per_image.csv", PER_IMAGE_COLUMNS, ranked)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 __all__ = ["ScoringCallback"]
 
@@ -38,7 +39,8 @@ class ScoringCallback(L.Callback):
         self.rows = []
         self._start(pl_module)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                          batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.rows += self._update(pl_module, outputs, batch)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -52,7 +54,8 @@ class ScoringCallback(L.Callback):
         if self._validating(trainer):
             self._start(pl_module)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                                batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if self._validating(trainer):
             self._update(pl_module, outputs, batch)
 

@@ -37,9 +37,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 
-from nucseg.data.io import atomic_write_bytes
 from nucseg.metrics.calibration import CalibrationError, apply_temperature, image_temperature
 from nucseg.models.module import pad_multiple, pixel_threshold
 from nucseg.settings import UncertaintySettings
@@ -56,10 +56,12 @@ from nucseg.uncertainty.review import (
     needs_review,
     uncertainty_metrics,
 )
+from nucseg.utils.atomic import atomic_write_bytes
 from nucseg.utils.distributed import gather_rows, sum_states
 from nucseg.utils.files import safe_filename
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.utils.tables import write_csv
+from nucseg.viz.plots import figure_array, figure_png, pad_to_common_size, reliability_diagram, row_panel, row_title
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,8 @@ class UncertaintyEvaluation(L.Callback):
         self._cal = {k: CalibrationError(n_bins, sync_on_compute=False)
                      for k in ("mc", "calibrated", "calibrated_val", "calibrated_pooled", "det")}
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                          batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.settings is None:
             return
         ood = self._ood_scores(pl_module, batch)
@@ -164,8 +167,6 @@ class UncertaintyEvaluation(L.Callback):
             if i == 0 and isinstance(outputs, dict):  # for later callbacks (report figures); test batches hold 1
                 outputs["uncertainty"], outputs["certainty"] = heat.detach().float().cpu(), row["certainty"]
             if len(self._panels) < self.num_heatmaps and trainer.is_global_zero:
-                from nucseg.viz.plots import figure_array, figure_png, row_panel, row_title
-
                 pred = mean > pixel_threshold(pl_module)
                 fig = row_panel(batch["image"][i], pred, heat, true, self.heatmap, row)
                 atomic_write_bytes(self._out(trainer) / "heatmaps" / f"{safe_filename(row['id'])}.png",
@@ -196,8 +197,6 @@ class UncertaintyEvaluation(L.Callback):
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
-        from nucseg.viz.plots import figure_array, figure_png, pad_to_common_size, reliability_diagram
-
         assert self.settings is not None
         out = self._out(trainer)
         _write_rows(out / "test_images.csv", self.rows)

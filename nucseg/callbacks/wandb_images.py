@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.viz.images import as_uint8_rgb
 
 
@@ -21,11 +25,13 @@ class WandbSegmentationImages(L.Callback):
         self._images = []
 
     @rank_zero_only
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                                batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking or batch_idx >= self.num_images or not wandb_experiments(trainer):
             return
         import wandb
 
+        assert isinstance(outputs, Mapping)  # SegmentationModule's validation step returns a dict
         image = as_uint8_rgb(batch["image"][0])
         pred = (outputs["probs"][0, 0] > self.threshold).cpu().numpy().astype(np.uint8)
         true = (batch["target"][0, 0] > 0.5).cpu().numpy().astype(np.uint8)

@@ -29,7 +29,8 @@ import lightning as L
 import torch
 
 from nucseg.utils.checkpoint import MODEL_FILE
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
+from nucseg.utils.version import package_version
 
 __all__ = ["WandbRunOutputs", "log_run_outputs", "machine_info", "model_metadata", "read_table"]
 
@@ -98,8 +99,6 @@ def model_metadata(model_path: str | Path, run_dir: str | Path, metrics: Mapping
     """The artifact's metadata: what `model_path` stores for prediction (post-processing with its tuning
     summary, review threshold, temperatures, OOD threshold; not the density itself), the rule that chose the
     review threshold (`<run>/uncertainty/review_threshold.json`), the test metrics, machine and version."""
-    import nucseg
-
     data = torch.load(model_path, map_location="cpu", weights_only=True)
     hp = data.get("hyper_parameters") or {}
     unc = dict(hp.get("uncertainty") or {})
@@ -107,7 +106,7 @@ def model_metadata(model_path: str | Path, run_dir: str | Path, metrics: Mapping
     review_path = Path(run_dir) / REVIEW_RECORD
     review = json.loads(review_path.read_text()) if review_path.is_file() else {}
     meta = {
-        "nucseg_version": nucseg.__version__,
+        "nucseg_version": package_version(),
         "tested_checkpoint": Path(tested_from).name if tested_from else None,  # e.g. epoch_012.ckpt
         "epoch": data.get("epoch"),
         "global_step": data.get("global_step"),

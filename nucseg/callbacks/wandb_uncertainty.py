@@ -6,17 +6,20 @@ the image certainty and Dice in the caption. A no-op without a WandbLogger or wi
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from nucseg.metrics.pixel import dice_score
 from nucseg.models.module import pixel_threshold
 from nucseg.settings import UncertaintyMethod, UncertaintySettings
 from nucseg.uncertainty.estimate import HEATMAPS, module_samples, module_settings
 from nucseg.uncertainty.scores import image_certainty, pixel_uncertainty
-from nucseg.utils.run import wandb_experiments
+from nucseg.utils.run_lifecycle import wandb_experiments
 from nucseg.viz.images import as_uint8_rgb, center_crop
+from nucseg.viz.plots import figure_array, pad_to_common_size, uncertainty_panel
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,10 @@ class WandbUncertaintyHeatmaps(L.Callback):
                         and trainer.current_epoch % self.every_n_epochs == 0 and bool(wandb_experiments(trainer)))
 
     @rank_zero_only
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,
+                                batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self._active or batch_idx >= self.num_images:
             return
-        from nucseg.viz.plots import figure_array, uncertainty_panel
-
         assert self._settings is not None
         crop = center_crop(batch, self.max_side)
         samples = module_samples(pl_module, crop["image"][:1], self._settings, samples=self.samples)
@@ -72,8 +74,6 @@ class WandbUncertaintyHeatmaps(L.Callback):
         if not self._images:
             return
         import wandb
-
-        from nucseg.viz.plots import pad_to_common_size
 
         arrays = pad_to_common_size([a for a, _ in self._images])
         images = [wandb.Image(a, caption=c) for a, (_, c) in zip(arrays, self._images, strict=True)]

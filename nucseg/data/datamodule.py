@@ -15,11 +15,10 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from nucseg.data.dataset import SegmentationDataset, collate, resolve_targets
-from nucseg.data.io import ImageReadError
 from nucseg.data.source import CachedSource, Source
 from nucseg.data.splits import SPLIT_BY, check_group_balance, group_weights, split_records
 from nucseg.data.transforms import eval_transform, train_transform
-from nucseg.utils.errors import ConfigError
+from nucseg.utils.errors import ConfigError, ImageReadError
 
 log = logging.getLogger(__name__)
 

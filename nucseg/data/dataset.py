@@ -4,14 +4,18 @@ collate function, and the training targets (`binary`, or `instance` with contour
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nucseg.data.io import ImageReadError
 from nucseg.data.source import CachedSource
+from nucseg.instances.targets import instance_targets
+from nucseg.utils.errors import ImageReadError
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 __all__ = ["SegmentationDataset", "binary_targets", "collate", "resolve_targets"]
 
@@ -24,7 +28,7 @@ def binary_targets(labels: np.ndarray) -> np.ndarray:
 class SegmentationDataset(Dataset):
     """Samples as dicts: image (3,H,W) float in [0,1], target (K,H,W), labels (H,W) int32, id."""
 
-    def __init__(self, source: CachedSource, ids: Sequence[str], transform, target_fn: Callable,
+    def __init__(self, source: CachedSource, ids: Sequence[str], transform: A.Compose, target_fn: Callable,
                  length: int | None = None):
         self.source, self.ids, self.transform, self.target_fn = source, list(ids), transform, target_fn
         self.length = length or len(self.ids)
@@ -85,7 +89,5 @@ def resolve_targets(targets: str | Callable) -> Callable:
     if targets == "binary":
         return binary_targets
     if targets == "instance":
-        from nucseg.instances.targets import instance_targets
-
         return instance_targets
     raise ValueError(f"data.targets: expected 'binary' or 'instance', got {targets!r}")

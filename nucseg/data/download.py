@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nucseg.data.fetch import DownloadError, fetch
-from nucseg.data.io import atomic_write
+from nucseg.utils.atomic import atomic_write
 from nucseg.utils.config import root_dir
 
 log = logging.getLogger(__name__)

@@ -22,16 +22,10 @@ from nucseg.data.acquisitions import (
     cluster_acquisitions,
     imaging_type,
 )
-from nucseg.data.io import (
-    ImageReadError,
-    atomic_write_text,
-    is_image_file,
-    normalize,
-    probe_image,
-    read_raw,
-    to_rgb,
-)
-from nucseg.data.source import DataNotFoundError, Record, Source, load_json
+from nucseg.data.io import is_image_file, normalize, probe_image, read_raw, to_rgb
+from nucseg.data.source import Record, Source, load_json
+from nucseg.utils.atomic import atomic_write_text
+from nucseg.utils.errors import DataNotFoundError, ImageReadError
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.data.io import ImageReadError, probe_image, read_raw, to_rgb
+from nucseg.data.io import probe_image, read_raw, to_rgb
 from nucseg.data.normalize import normalize
 from nucseg.data.rle import rle_decode
-from nucseg.data.source import DataNotFoundError, Record, Source
+from nucseg.data.source import Record, Source
+from nucseg.utils.errors import DataNotFoundError, ImageReadError
 
 __all__ = ["DSB2018SolutionSource", "read_solution_csv"]
 

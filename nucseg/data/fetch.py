@@ -12,8 +12,12 @@ import urllib.error
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nucseg.utils.progress import progress_bar
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = ["DownloadError", "fetch", "sha256_of"]
 
@@ -80,7 +84,7 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, progress
     return dest
 
 
-def _fetch_once(url: str, part: Path, bar, task, timeout: float, chunk_size: int) -> None:
+def _fetch_once(url: str, part: Path, bar: Progress, task: TaskID, timeout: float, chunk_size: int) -> None:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:

@@ -27,15 +27,10 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential
 
 from nucseg.data.acquisitions import imaging_type
-from nucseg.data.io import (
-    ImageReadError,
-    atomic_write_text,
-    is_image_file,
-    probe_image,
-    read_image,
-    read_mask,
-)
-from nucseg.data.source import DataNotFoundError, Record, Source, load_json
+from nucseg.data.io import is_image_file, probe_image, read_image, read_mask
+from nucseg.data.source import Record, Source, load_json
+from nucseg.utils.atomic import atomic_write_text
+from nucseg.utils.errors import DataNotFoundError, ImageReadError
 
 log = logging.getLogger(__name__)
 

@@ -2,36 +2,25 @@
 
 Every image that enters nucseg, for training, evaluation or prediction, goes through
 `nucseg.data.normalize.normalize_checked` (via `normalize` or `read_image`), so the model always sees the same
-thing: an RGB uint8 array whose intensities were stretched per image between two percentiles. Also the atomic
-writers every output goes through.
+thing: an RGB uint8 array whose intensities were stretched per image between two percentiles.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from nucseg.data.normalize import normalize
+from nucseg.utils.errors import ImageReadError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "atomic_save_npz", "atomic_write", "atomic_write_bytes",
-           "atomic_write_text", "is_image_file", "probe_image", "read_image", "read_mask", "read_raw", "to_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "is_image_file", "probe_image", "read_image", "read_mask", "read_raw", "to_rgb"]
 
 log = logging.getLogger(__name__)
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-
-
-class ImageReadError(ValueError):
-    """An input file could not be decoded as an image; the message names the file."""
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -160,40 +149,3 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool and not np.allclose(arr, np.round(arr)):
         raise ImageReadError(f"{path}: expected integer mask values, got {arr.dtype} with fractions")
     return arr.astype(np.int64)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(f)` on a temporary file beside `path`, flush and fsync it, then rename it into place: a
-    reader never sees half a file, and after a crash the file is the old one or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.close(fd)
-        with open(tmp, "wb") as f:  # a named file: writers such as tifffile read f.name (an int for fdopen)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (see `atomic_write`)."""
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """`np.savez_compressed` to `path` atomically (see `atomic_write`)."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

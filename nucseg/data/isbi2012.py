@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import label as connected_components
 
-from nucseg.data.io import ImageReadError, is_image_file, probe_image, read_mask, read_raw, to_rgb
+from nucseg.data.io import is_image_file, probe_image, read_mask, read_raw, to_rgb
 from nucseg.data.normalize import normalize
-from nucseg.data.source import DataNotFoundError, Record, Source
+from nucseg.data.source import Record, Source
+from nucseg.utils.errors import DataNotFoundError, ImageReadError
 from nucseg.utils.files import natural_key
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.data.io import atomic_save_npz
+from nucseg.utils.atomic import atomic_save_npz
 
 log = logging.getLogger(__name__)
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The data root is missing or holds no usable samples; the message says where we looked and what to do."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from nucseg.data.io import read_raw
 from nucseg.utils.errors import ConfigError
 
 __all__ = ["DEFAULT_CITE", "FORMATS", "check_request", "export_model"]
@@ -56,8 +57,6 @@ def check_request(format: str, output: str | Path, overwrite: bool = False) -> P
 
 
 def _image(image: np.ndarray | str | Path | None) -> np.ndarray:
-    from nucseg.data.io import read_raw
-
     if image is None:
         raise ConfigError("image: format=bioimageio needs a real image for its test tensors and cover "
                           "(image=path/to/image.png)")
@@ -100,6 +99,7 @@ def export_model(ckpt_path: str | Path, format: str = "bioimageio", output: str 
         >>> export_model("outputs/train/runs/<run>/checkpoints/model.ckpt", "onnx", "model.onnx")  # doctest: +SKIP
         PosixPath('model.onnx')
     """
+    # lazy: a bad request (format, output) fails in a second, before torch and the models load
     import torch
 
     from nucseg.models.module import load_module
@@ -111,7 +111,7 @@ def export_model(ckpt_path: str | Path, format: str = "bioimageio", output: str 
     hp = dict(module.hparams)
     classes = int((hp.get("net") or {}).get("classes", 1))
     if format == "bioimageio":
-        from nucseg.export.bioimageio import build_package, require_bioimageio
+        from nucseg.export.bioimageio import build_package, require_bioimageio  # the `export` extra's code
 
         require_bioimageio()
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -126,7 +126,7 @@ def export_model(ckpt_path: str | Path, format: str = "bioimageio", output: str 
                                                             "instance-segmentation", "2d", "pytorch", "unet"]),
                 "training_data": training_data, "version": version}
         return build_package(module, out, _image(image), meta, Path(ckpt_path), ckpt)
-    from nucseg.export.network import ExportNetwork, export_metadata, write_onnx, write_torchscript
+    from nucseg.export.network import ExportNetwork, export_metadata, write_onnx, write_torchscript  # torch, as above
 
     net = ExportNetwork(module.net).eval()
     meta_json = export_metadata(hp, classes)

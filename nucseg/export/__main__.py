@@ -11,7 +11,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
+from nucseg.export import check_request, export_model
 from nucseg.utils.config import CONF_DIR
+from nucseg.utils.errors import ConfigError, friendly_errors
 from nucseg.utils.extras import check_overrides
 
 __all__ = ["default_image", "main", "run_export"]
@@ -35,9 +37,6 @@ def _plain(node: Any) -> Any:
 
 def run_export(cfg: DictConfig) -> Path:
     """Validate the request (format, output) before loading anything, then export."""
-    from nucseg.export import check_request, export_model
-    from nucseg.utils.errors import ConfigError
-
     check_request(str(cfg.format), cfg.output, bool(cfg.get("overwrite", False)))
     image = cfg.get("image")
     if cfg.format == "bioimageio" and image is None:
@@ -54,8 +53,6 @@ def run_export(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
-    from nucseg.utils.errors import friendly_errors
-
     with friendly_errors():
         out = run_export(cfg)
     print(f"exported {cfg.ckpt_path} as {cfg.format} -> {out}")

@@ -5,7 +5,7 @@ build_export_network` as its architecture), nucseg's percentile normalisation as
 one output per channel name, test tensors from a real image (input: the raw image; output: what nucseg's own
 `Predictor` computes for it), a cover image and a README (`nucseg.export.docs`). nucseg's settings
 (hyper-parameters: post-processing, uncertainty, ...) are kept under `config.nucseg`, so that
-`nucseg.export.package.load_package_module` rebuilds the same module from the zip.
+`nucseg.models.bioimageio_reader.load_package_module` rebuilds the same module from the zip.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from nucseg.data.io import to_rgb
+from nucseg.export import docs
 from nucseg.export import network as xnet
+from nucseg.inference.predictor import Predictor
 from nucseg.models.module import SegmentationModule
+from nucseg.utils.atomic import atomic_write_bytes
 from nucseg.utils.errors import ConfigError
 
 __all__ = ["build_package", "require_bioimageio"]
@@ -39,8 +43,6 @@ def require_bioimageio() -> None:
 
 def _test_image(image: np.ndarray, multiple: int) -> np.ndarray:
     """The top-left crop of a real image, sides multiples of `multiple`, at most TEST_SIZE pixels."""
-    from nucseg.data.io import to_rgb
-
     rgb = to_rgb(np.asarray(image))
     h, w = (min(TEST_SIZE, s) // multiple * multiple for s in rgb.shape[:2])
     if h < multiple or w < multiple:
@@ -52,8 +54,6 @@ def _test_tensors(module: SegmentationModule, raw: np.ndarray, tmp: Path) -> tup
                                                                                     np.ndarray]:
     """input.npy (1, 3, H, W) float32 raw intensities; output.npy (1, K, H, W) float32 probabilities as
     nucseg's Predictor computes them (its own uint8 normalisation, its own padding); sample_*.tif likewise."""
-    from nucseg.inference.predictor import Predictor
-
     predictor = Predictor(module, device="cpu", tile=max(raw.shape[:2]), uncertainty={"method": "none"})
     prepared = predictor.prepare(raw)
     probs, _ = predictor.probabilities(prepared)
@@ -105,8 +105,6 @@ def build_package(module: SegmentationModule, output: Path, image: np.ndarray, m
     require_bioimageio()
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as bio
-
-    from nucseg.export import docs
 
     hp = xnet.jsonable(dict(module.hparams))
     if hp.get("clahe"):
@@ -165,7 +163,5 @@ def build_package(module: SegmentationModule, output: Path, image: np.ndarray, m
             config={"nucseg": {"hyper_parameters": hp, "export": metadata["input"]}})
         tmp_zip = tmp / "package.zip"
         save_bioimageio_package(descr, output_path=tmp_zip)
-        from nucseg.data.io import atomic_write_bytes
-
         atomic_write_bytes(output, tmp_zip.read_bytes())
     return output

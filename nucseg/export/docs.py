@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from nucseg.instances.watershed import probs_to_instances
+from nucseg.viz.overlays import outline_overlay
+
 __all__ = ["checkpoint_metrics", "environment_yaml", "readme", "write_cover"]
 
 
@@ -119,9 +122,6 @@ def write_cover(path: Path, prepared: np.ndarray, probs: np.ndarray, hp: dict[st
     """A 2:1 cover: the normalised input beside its probabilities (foreground red, contour green, touching
     blue) with the instance outlines."""
     from PIL import Image
-
-    from nucseg.instances.watershed import probs_to_instances
-    from nucseg.viz.overlays import outline_overlay
 
     post = {k: v for k, v in (hp.get("postprocess") or {}).items() if k not in ("tune", "tuned")}
     labels = probs_to_instances(probs, **post)

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nucseg.data.io import atomic_write_bytes
 from nucseg.models.mc_dropout import set_mc_dropout
+from nucseg.utils.atomic import atomic_write_bytes
+from nucseg.utils.errors import ConfigError
 
 __all__ = ["ONNX_OPSET", "ExportNetwork", "build_export_network", "channel_names", "export_metadata", "jsonable",
            "read_torchscript_metadata", "write_onnx", "write_torchscript"]
@@ -141,8 +142,6 @@ def write_onnx(module: ExportNetwork, path: str | Path, metadata: dict[str, Any]
     try:
         import onnx
     except ImportError as exc:  # the exporter itself needs the onnx package
-        from nucseg.utils.errors import ConfigError
-
         raise ConfigError("format=onnx needs the onnx package: pip install -c requirements/constraints.txt "
                           "-e '.[export]'") from exc
     axes = {0: "batch", 2: "height", 3: "width"}

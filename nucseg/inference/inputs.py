@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nucseg.data.io import IMAGE_SUFFIXES, is_image_file
-from nucseg.data.source import DataNotFoundError
+from nucseg.utils.errors import DataNotFoundError
 
 __all__ = ["OUTPUT_SUFFIXES", "list_inputs", "require_images", "unique_stems"]
 

@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from nucseg.instances.measure import COLUMNS
+from nucseg.metrics.calibration import apply_temperature
+
 __all__ = ["Prediction"]
 
 
@@ -59,8 +62,6 @@ class Prediction:
         come from the uncalibrated `probs`, on which the post-processing was tuned; at 0.5 both agree)."""
         if self.temperature == 1.0:
             return self.probs[0]
-        from nucseg.metrics.calibration import apply_temperature
-
         return apply_temperature(torch.from_numpy(self.probs[0]), self.temperature).numpy().astype(np.float32)
 
     def summary(self) -> dict[str, Any]:
@@ -80,6 +81,4 @@ class Prediction:
         except ImportError as exc:
             raise ImportError("Prediction.to_dataframe needs pandas (pip install pandas); "
                               "Prediction.nuclei holds the same table as a list of dicts") from exc
-        from nucseg.instances.measure import COLUMNS
-
         return pd.DataFrame(self.nuclei, columns=list(COLUMNS))

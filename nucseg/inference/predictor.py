@@ -23,16 +23,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nucseg.checks import check_config
 from nucseg.data.io import read_raw, to_rgb
 from nucseg.data.normalize import IntensityCheck, normalize_checked
 from nucseg.inference.prediction import Prediction
 from nucseg.inference.sliding_window import sliding_window_inference
 from nucseg.inference.tta import tta_mean
+from nucseg.instances.measure import measure_instances
+from nucseg.instances.watershed import probs_to_instances
 from nucseg.metrics.calibration import image_temperature
+from nucseg.models.bioimageio_reader import is_package, load_package_module
+from nucseg.models.mc_dropout import set_mc_dropout
 from nucseg.models.module import SegmentationModule, load_module
 from nucseg.settings import LEGACY_SCORE, Blend, UncertaintyMethod, UncertaintySettings, WindowSettings
 from nucseg.uncertainty.ood import FeatureDensity, FeatureTap
 from nucseg.uncertainty.review import needs_review
+from nucseg.uncertainty.sampling import load_ensemble, resolve_settings, sample_probs
+from nucseg.uncertainty.scores import image_scores, pixel_uncertainty
 from nucseg.utils.errors import CheckpointError
 
 __all__ = ["Prediction", "Predictor", "resolve_device"]
@@ -110,7 +117,7 @@ class Predictor:
         if self.tta and self.method != "none":
             log.info("tta=%s ignored: the model's uncertainty method (%s) already averages its samples",
                      self.tta, self.method)
-        from nucseg.data.transforms import preprocessing
+        from nucseg.data.transforms import preprocessing  # albumentations + cv2: not at `import nucseg.predict`
 
         pre = preprocessing(self.clahe)
         self._preprocess: Callable[[np.ndarray], np.ndarray] = (
@@ -158,9 +165,6 @@ class Predictor:
     def _uncertainty_settings(self, overrides: dict | None) -> tuple[UncertaintySettings | None, list]:
         """The checkpoint's uncertainty settings with the overrides; None for one deterministic pass
         (then a model's MC dropout is switched off)."""
-        from nucseg.models.mc_dropout import set_mc_dropout
-        from nucseg.uncertainty.sampling import load_ensemble, resolve_settings
-
         net = self.module.net
         merged = _merge(self.module.hparams.get("uncertainty"), overrides)
         # method=none asked for explicitly: no sampling, even for a model with MC dropout
@@ -222,8 +226,6 @@ class Predictor:
         """Uncertainty samples tile by tile: the T samples are stacked on the channel axis so that the
         sliding window blends each sample like any other output channel. Each tile is sampled alone under the
         same seed, so sample t uses the same dropout masks in every tile (one coherent model draw per sample)."""
-        from nucseg.uncertainty.sampling import sample_probs
-
         assert self.uncertainty is not None
         u = self.uncertainty
         shape: dict[str, int] = {}
@@ -258,9 +260,6 @@ class Predictor:
             A `Prediction`: (H, W) int32 `labels`, (K, H, W) `probs`, the `nuclei` table, and with an
             uncertainty method the `certainty`, its maps, `needs_review` and `review_reason`.
         """
-        from nucseg.instances.measure import measure_instances
-        from nucseg.instances.watershed import probs_to_instances
-
         raw = np.asarray(image)
         prepared, check = self.prepare_checked(raw)
         if self.density is not None:  # the encoder features come with the prediction's own passes
@@ -276,8 +275,6 @@ class Predictor:
                           nonfinite_pixels=check.nonfinite_pixels, warning=check.warning)
         thr = None
         if samples is not None:
-            from nucseg.uncertainty.scores import image_scores, pixel_uncertainty
-
             maps = pixel_uncertainty(samples)
             pred.uncertainty = {k: _foreground_map(v) for k, v in maps.items() if k != "mean"}
             score = str(self.uncertainty.score) if self.uncertainty else str(LEGACY_SCORE)
@@ -310,19 +307,15 @@ class Predictor:
 
 
 def check_settings(**settings: Any) -> None:
-    """The library's arguments against the rules of `python -m nucseg.predict` (nucseg.utils.validate): a bad
+    """The library's arguments against the rules of `python -m nucseg.predict` (nucseg.checks): a bad
     value raises one ConfigError naming it, before a checkpoint is read or an image touched."""
     from omegaconf import OmegaConf
-
-    from nucseg.utils.validate import check_config
 
     check_config(OmegaConf.create({k: v for k, v in settings.items() if v is not None}), "predictor")
 
 
 def _load_model(path: str | Path) -> SegmentationModule:
     """A checkpoint, or a bioimage.io package exported by nucseg."""
-    from nucseg.export.package import is_package, load_package_module
-
     return load_package_module(path) if is_package(path) else load_module(path)
 
 

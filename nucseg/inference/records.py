@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nucseg.data.io import atomic_write_text
 from nucseg.inference.inputs import OUTPUT_SUFFIXES
+from nucseg.inference.writers import submission_rows, write_image_outputs
+from nucseg.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from nucseg.inference.prediction import Prediction
@@ -80,7 +81,7 @@ def done_images(out_dir: Path, files: Sequence[Path], stems: Sequence[str], sett
 
 
 def _temporaries(directory: Path, name: str) -> list[str]:
-    """Temporary files `nucseg.data.io.atomic_write` leaves beside `name` when it is killed."""
+    """Temporary files `nucseg.utils.atomic.atomic_write` leaves beside `name` when it is killed."""
     return glob.glob(os.path.join(glob.escape(str(directory)), f".{glob.escape(name)}.*.tmp"))
 
 
@@ -121,8 +122,6 @@ def write_image(out_dir: Path, stem: str, path: Path, pred: Prediction, settings
                 overlay: bool = True, rle: bool = False) -> dict[str, Any]:
     """Write the outputs of image `stem`, then its record (its old ones are removed first); returns the record.
     When a write fails or is interrupted, nothing of the image is left."""
-    from nucseg.inference.writers import submission_rows, write_image_outputs
-
     forget(out_dir, stem)
     try:
         outputs = write_image_outputs(out_dir, stem, pred, overlay=overlay)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nucseg.data.source import DataNotFoundError
+from nucseg.utils.atomic import atomic_write_bytes
+from nucseg.utils.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ def merge_shards(out_dir: Path) -> MergedTables:
     """Write summary.csv, nuclei.csv, errors.csv (and submission.csv) of `out_dir` from its shard tables, then
     delete the shard tables. Missing shards, or tables of two different splits, raise DataNotFoundError
     before anything is written."""
-    from nucseg.data.io import atomic_write_bytes
-
     found = _found(out_dir)
     if not found:
         raise DataNotFoundError(f"merge: no shard tables (summary.shard-<i>-of-<n>.csv) in {out_dir}; run the "

@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nucseg.data.io import atomic_write
+from nucseg.data.rle import labels_to_rles
 from nucseg.instances.measure import COLUMNS as MEASURE_COLUMNS
+from nucseg.utils.atomic import atomic_write, atomic_write_bytes
 from nucseg.utils.tables import write_csv
+from nucseg.viz.overlays import outline_overlay, save_png
+from nucseg.viz.plots import figure_png, review_panel
 
 if TYPE_CHECKING:
     from nucseg.inference.prediction import Prediction
@@ -54,9 +57,6 @@ def review_title(stem: str, pred: Prediction) -> str:
 
 def write_review_figure(path: Path, stem: str, pred: Prediction, outlines: np.ndarray) -> None:
     """`<stem>_review.png`: image, outlines and uncertainty of an image flagged for review, with the reason."""
-    from nucseg.data.io import atomic_write_bytes
-    from nucseg.viz.plots import figure_png, review_panel
-
     fig = review_panel(pred.image, outlines, pred.uncertainty.get("entropy"), review_title(stem, pred))
     atomic_write_bytes(path, figure_png(fig))
 
@@ -67,8 +67,6 @@ def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: boo
     (a float32 stack, one page per map, when there are maps), `<stem>_overlay.png` and, for an image flagged
     for review, `<stem>_review.png` (`write_review_figure`), each written atomically; returns the names
     written."""
-    from nucseg.viz.overlays import outline_overlay, save_png
-
     review = review_figure and bool(pred.needs_review)
 
     def draw() -> None:  # fast zlib: the overlay is for looking at; level 6 took as long as the watershed
@@ -100,8 +98,6 @@ def write_image_outputs(out_dir: Path, stem: str, pred: Prediction, overlay: boo
 
 def submission_rows(stem: str, labels: np.ndarray) -> list[dict[str, str]]:
     """Kaggle rows (ImageId, EncodedPixels): one per nucleus; an image without nuclei gets one empty row."""
-    from nucseg.data.rle import labels_to_rles
-
     rles = labels_to_rles(labels)
     return [{"ImageId": stem, "EncodedPixels": r} for r in rles] or [{"ImageId": stem, "EncodedPixels": ""}]
 

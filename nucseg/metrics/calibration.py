@@ -9,6 +9,8 @@ The metric keeps only per-bin sums, so a test split of millions of pixels costs 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -49,7 +51,7 @@ class CalibrationError(Metric):
     prob_sum: Tensor
     pos_sum: Tensor
 
-    def __init__(self, n_bins: int = 15, **kwargs):
+    def __init__(self, n_bins: int = 15, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(n_bins) < 1:
             raise ValueError(f"uncertainty.ece_bins: expected a positive integer, got {n_bins}")

@@ -11,8 +11,11 @@ of nuclei costs one pass over its pixels, not one pass per nucleus.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -23,7 +26,7 @@ _EPS = 1e-12
 _DENSE_LIMIT = 1 << 24  # joint histograms up to this many cells are counted densely with bincount
 
 
-def _as_labels(x, name: str) -> np.ndarray:
+def _as_labels(x: np.ndarray | Tensor, name: str) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
@@ -88,7 +91,7 @@ def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_thresholds(thresholds) -> np.ndarray:
+def _check_thresholds(thresholds: ArrayLike) -> np.ndarray:
     th = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
     if th.size == 0 or th.min() < 0.5 or th.max() >= 1.0:
         raise ValueError(f"IoU thresholds: expected values in [0.5, 1) (one-to-one matching needs IoU > 0.5), "
@@ -104,7 +107,7 @@ def _precision_at(iou: np.ndarray, n_true: int, n_pred: int, thresholds: np.ndar
     return tp / (n_true + n_pred - tp)  # TP + FP + FN = TP + (n_pred - TP) + (n_true - TP)
 
 
-def dsb_score_image(true: np.ndarray, pred: np.ndarray, thresholds=DSB_THRESHOLDS) -> float:
+def dsb_score_image(true: np.ndarray, pred: np.ndarray, thresholds: ArrayLike = DSB_THRESHOLDS) -> float:
     """The DSB2018 score of one image: mean over IoU thresholds of TP / (TP + FP + FN)."""
     th = _check_thresholds(thresholds)
     _, _, iou, n_true, n_pred = overlaps(true, pred)
@@ -150,14 +153,14 @@ class DSBScore(Metric):
     METRICS = ("dsb_score", "ap50", "count_error")
     n_images: Tensor
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name in self.METRICS:
             self.add_state(f"{name}_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.last: list[dict[str, float | int]] = []
 
-    def update(self, preds, target) -> None:
+    def update(self, preds: np.ndarray | Tensor, target: np.ndarray | Tensor) -> None:
         preds = preds.detach().cpu().numpy() if isinstance(preds, Tensor) else np.asarray(preds)
         target = target.detach().cpu().numpy() if isinstance(target, Tensor) else np.asarray(target)
         if preds.ndim == 2:

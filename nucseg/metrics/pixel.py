@@ -6,6 +6,8 @@ report them; an image with no nuclei that the model also leaves empty scores 1.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -35,7 +37,7 @@ class _MeanPerImage(Metric):
     total: Tensor
     count: Tensor
 
-    def __init__(self, threshold: float = 0.5, **kwargs):
+    def __init__(self, threshold: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.threshold = threshold
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -79,7 +81,7 @@ class BinnedAUROC(Metric):
     pos: Tensor
     neg: Tensor
 
-    def __init__(self, bins: int = 200, **kwargs):
+    def __init__(self, bins: int = 200, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(bins, int) or bins < 2:
             raise ValueError(f"module.auroc_thresholds: expected an integer >= 2 (histogram bins), got {bins!r}")

@@ -12,6 +12,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 from torch import nn
 
+from nucseg.models.mc_dropout import add_mc_dropout
 from nucseg.models.pretrained import has_offline_weights, load_offline_weights
 
 ARCHS = {"unet": "Unet", "unetpp": "UnetPlusPlus", "unetplusplus": "UnetPlusPlus", "fpn": "FPN",
@@ -53,7 +54,5 @@ def build_model(
         assert isinstance(encoder, nn.Module)  # every smp model has one
         load_offline_weights(encoder, encoder_name)
     if mc_dropout:
-        from nucseg.models.mc_dropout import add_mc_dropout
-
         add_mc_dropout(net, **mc_dropout)
     return net

@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from nucseg.metrics.pixel import BinnedAUROC, MeanDice, MeanIoU
+from nucseg.models.allowlist import disallowed_entries
 from nucseg.models.mc_dropout import mc_dropout_enabled
 from nucseg.models.padding import pad_to_multiple
-from nucseg.models.targets import disallowed_entries
+from nucseg.models.train_precision import check_train_precision, settle_train_precision, train_autocast
 from nucseg.utils.cluster import rank_zero_decides
 from nucseg.utils.errors import CheckpointError
-from nucseg.utils.train_precision import check_train_precision, settle_train_precision, train_autocast
 
 __all__ = ["SegmentationModule", "load_module", "pad_multiple", "pad_to_multiple", "pixel_threshold"]
 
@@ -71,7 +71,7 @@ class SegmentationModule(L.LightningModule):
         """`net` and `loss` are configs (dicts with `_target_`), stored in the checkpoint; `optimizer` and
         `scheduler` are partials that receive the parameters / the optimizer. `channels_last`: NHWC weights
         (oneDNN then runs the convolutions NHWC: 1.3x faster training steps on a 2-core CPU, same maths).
-        `train_precision`: 32, bf16 (autocast in training steps only) or auto (`nucseg.utils.train_precision`).
+        `train_precision`: 32, bf16 (autocast in training steps only) or auto (`nucseg.models.train_precision`).
         `calibration` ({temperature}) and `ood` ({density, threshold}) are fitted at test start
         (`nucseg.callbacks.uncertainty`) and stored here, so prediction reads them from the checkpoint."""
         super().__init__()
@@ -184,7 +184,7 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
     """Rebuild a trained module from its checkpoint alone (no training config needed).
 
     Loads with `weights_only=True`: the checkpoint holds tensors and plain containers only, so no code from
-    the file is executed; the `_target_`s of its configs must pass `nucseg.models.targets` (an allow-list)
+    the file is executed; the `_target_`s of its configs must pass `nucseg.models.allowlist` (an allow-list)
     before anything is instantiated. The weights are loaded strictly: a checkpoint whose weights do not fit
     the network its hyper-parameters describe raises `CheckpointError` naming the missing and unexpected
     keys, instead of predicting with random weights. Every refusal is one `CheckpointError` line naming the

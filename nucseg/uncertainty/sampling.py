@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from nucseg.inference.tta import get_ops
 from nucseg.models.mc_dropout import has_mc_dropout, mc_dropout_enabled
+from nucseg.models.module import load_module
 from nucseg.models.padding import pad_to_multiple
 from nucseg.settings import UncertaintyMethod, UncertaintySettings
 
@@ -240,6 +241,4 @@ def checkpoint_paths(patterns: Sequence[str]) -> list[Path]:
 
 def load_ensemble(patterns: Sequence[str], device: torch.device | str = "cpu") -> list[nn.Module]:
     """The member networks of a deep ensemble, rebuilt from their checkpoints alone."""
-    from nucseg.models.module import load_module
-
     return [load_module(p).net.to(device).eval() for p in checkpoint_paths(patterns)]

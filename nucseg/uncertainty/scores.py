@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy import stats
 from torch import Tensor
 
@@ -89,13 +90,13 @@ def image_scores(samples: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
 
 
 # --------------------------------------------------------------------------- does certainty predict quality?
-def _array(x) -> np.ndarray:
+def _array(x: Tensor | ArrayLike) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64).ravel()
 
 
-def spearman(x, y) -> float:
+def spearman(x: Tensor | ArrayLike, y: Tensor | ArrayLike) -> float:
     """Spearman rank correlation (ties averaged); NaN with fewer than 3 points or a constant input."""
     a, b = _array(x), _array(y)
     if a.shape != b.shape:
@@ -107,7 +108,7 @@ def spearman(x, y) -> float:
         return float(stats.spearmanr(a, b).statistic)
 
 
-def failure_auroc(certainty, dice, failure_dice: float) -> float:
+def failure_auroc(certainty: Tensor | ArrayLike, dice: Tensor | ArrayLike, failure_dice: float) -> float:
     """AUROC of low certainty as a detector of failures (Dice < failure_dice): the probability that a failed
     image is less certain than a good one (ties count half). NaN when either class is missing."""
     c, d = _array(certainty), _array(dice)
@@ -121,7 +122,7 @@ def failure_auroc(certainty, dice, failure_dice: float) -> float:
     return float((ranks[failed].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def budget_threshold(certainty, fraction: float) -> float:
+def budget_threshold(certainty: Tensor | ArrayLike, fraction: float) -> float:
     """Review threshold that flags the `fraction` least certain images (ceil(fraction * n) of them): the
     midpoint between the last flagged and the first kept certainty. The fallback when validation holds too
     few failures for Youden's J to mean anything."""
@@ -136,7 +137,7 @@ def budget_threshold(certainty, fraction: float) -> float:
     return float((c[k - 1] + c[k]) / 2)
 
 
-def youden_threshold(certainty, dice, failure_dice: float) -> float:
+def youden_threshold(certainty: Tensor | ArrayLike, dice: Tensor | ArrayLike, failure_dice: float) -> float:
     """Review threshold t (needs_review = certainty < t) maximising Youden's J = TPR - FPR for detecting
     failures; t is a midpoint between observed certainties, the lowest such t on ties (fewest reviews).
 

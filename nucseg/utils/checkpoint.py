@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from nucseg.data.io import atomic_write_bytes
+from nucseg.utils.atomic import atomic_write_bytes
 
 __all__ = ["MODEL_FILE", "publish_model", "update_checkpoint_hparams"]
 

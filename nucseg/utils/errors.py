@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 log = logging.getLogger("nucseg")
 
-__all__ = ["CheckpointError", "ConfigError", "friendly_errors", "user_error"]
+__all__ = ["CheckpointError", "ConfigError", "DataNotFoundError", "ImageReadError", "friendly_errors", "user_error"]
 
 
 class CheckpointError(ValueError):
@@ -25,11 +25,16 @@ class ConfigError(ValueError):
     """A config value a user can fix; the message names the key, the value and what was expected."""
 
 
+class DataNotFoundError(FileNotFoundError):
+    """The data root is missing or holds no usable samples; the message says where we looked and what to do."""
+
+
+class ImageReadError(ValueError):
+    """An input file could not be decoded as an image; the message names the file."""
+
+
 def user_error(exc: BaseException) -> BaseException | None:
     """The first exception in the cause/context chain that is a user-fixable nucseg error, if any."""
-    from nucseg.data.io import ImageReadError
-    from nucseg.data.source import DataNotFoundError
-
     seen = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:

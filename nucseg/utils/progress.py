@@ -3,7 +3,8 @@ over files, downloads), and the plain progress lines written to the log when std
 job, nohup, CI), where a bar shows nothing until its loop ends.
 
 The plain lines are built here once, for the training callback (nucseg.callbacks.progress_log), the loops that
-the calibrate stage runs over the validation split (nucseg.utils.loops) and prediction (nucseg.inference.batch):
+the calibrate stage runs over the validation split (nucseg.utils.validation_pass) and prediction
+(nucseg.inference.batch):
 `ProgressClock` measures seconds per item and the time left from a monotonic clock (a fake one in tests) and
 says when the next line is due; `progress_line` / `finished_line` write them, e.g.
 `train 120/1512 steps (epoch 2/15) loss 0.4312 0.61 s/step ETA 14:09` and
@@ -31,7 +32,7 @@ DEFAULT_INTERVAL_S = 30.0
 # auto: plain lines only when stdout is not a terminal (a terminal has the rich bar); always; never
 WHEN = ("auto", "always", "never")
 # the attribute of the run's progress callback that holds its interval while it writes lines (None when not):
-# how loops run by other callbacks (nucseg.utils.loops) find it without importing the callbacks
+# how loops run by other callbacks (nucseg.utils.validation_pass) find it without importing the callbacks
 INTERVAL_ATTR = "progress_log_interval_s"
 
 

@@ -1,7 +1,7 @@
 """Value rules: a predicate and the words that say what it accepts, for one-line error messages.
 
 The ground floor of the settings checks: `nucseg.settings` attaches a `Rule` to each field of the typed
-settings, and `nucseg.utils.validate` keeps the rules of the other config keys. Imports nothing of nucseg.
+settings, and `nucseg.checks` keeps the rules of the other config keys. Imports nothing of nucseg.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nucseg.data.io import atomic_write_text
+from nucseg.utils.atomic import atomic_write_text
 
 __all__ = ["PER_IMAGE_FIRST", "merge_rows", "write_csv", "write_per_image"]
 

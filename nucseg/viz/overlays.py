@@ -12,7 +12,8 @@ import os
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from nucseg.data.io import atomic_write
+from nucseg.metrics.dsb_score import overlaps
+from nucseg.utils.atomic import atomic_write
 from nucseg.viz.images import as_uint8_rgb
 
 YELLOW, GREEN, RED = (255, 255, 0), (0, 255, 0), (255, 0, 0)
@@ -54,8 +55,6 @@ def membrane_error_overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray
 def match_objects(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> tuple[set[int], set[int]]:
     """Label values of the matched predicted and true nuclei: pairs with IoU strictly above `iou_threshold`
     (>= 0.5, so matches are one-to-one), as in the DSB score."""
-    from nucseg.metrics.dsb_score import overlaps
-
     if not 0.5 <= iou_threshold < 1.0:
         raise ValueError(f"iou_threshold: expected 0.5 <= t < 1 for one-to-one matching, got {iou_threshold}")
     pred, true = np.asarray(pred), np.asarray(true)

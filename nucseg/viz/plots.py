@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
@@ -127,9 +128,7 @@ def row_title(row: dict) -> str:
             + ("  NEEDS REVIEW" if row.get("needs_review") else ""))
 
 
-def _scalar_mappable(vmax: float):
-    from matplotlib.cm import ScalarMappable
-
+def _scalar_mappable(vmax: float) -> ScalarMappable:
     return ScalarMappable(norm=Normalize(0.0, vmax), cmap=colormaps[HEAT_CMAP])
 
 

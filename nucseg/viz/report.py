@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nucseg.data.io import atomic_write_bytes
+from nucseg.utils.atomic import atomic_write_bytes
 from nucseg.viz.overlays import membrane_error_overlay, pixel_error_overlay
 
 __all__ = ["best_worst_figure", "certainty_dice_figure", "confusion_matrix_figure", "histories_from_csv",

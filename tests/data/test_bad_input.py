@@ -16,10 +16,10 @@ from nucseg.data.dataset import collate
 from nucseg.data.dsb2018 import DSB2018Source
 from nucseg.data.dsb2018_solution import DSB2018SolutionSource
 from nucseg.data.folder import FolderSource
-from nucseg.data.io import ImageReadError, probe_image, read_image
+from nucseg.data.io import probe_image, read_image
 from nucseg.data.isbi2012 import ISBI2012Source
 from nucseg.data.rle import rle_encode
-from nucseg.data.source import DataNotFoundError
+from nucseg.utils.errors import DataNotFoundError, ImageReadError
 
 
 @pytest.fixture(scope="module")

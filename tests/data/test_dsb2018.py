@@ -9,8 +9,9 @@ from PIL import Image
 
 from nucseg.data.datamodule import SegDataModule
 from nucseg.data.dsb2018 import DSB2018Source, merge_masks
-from nucseg.data.source import CachedSource, DataNotFoundError
+from nucseg.data.source import CachedSource
 from nucseg.data.splits import group_weights, stratified_split
+from nucseg.utils.errors import DataNotFoundError
 
 # a 256x256 fluorescence image and a 1000x1388... let the test find sizes from the files themselves
 SOME_IDS = 5

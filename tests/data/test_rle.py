@@ -12,9 +12,9 @@ from nucseg.data.dsb2018 import DSB2018Source
 from nucseg.data.dsb2018_solution import DSB2018SolutionSource, read_solution_csv
 from nucseg.data.io import probe_image
 from nucseg.data.rle import rle_decode, rle_encode
-from nucseg.data.source import DataNotFoundError
 from nucseg.data.splits import stratified_split
 from nucseg.train import train
+from nucseg.utils.errors import DataNotFoundError
 from tests.helpers.datasets import write_kaggle_test_set
 
 # 3x3, pixels numbered down the columns: col 0 = 1,2,3; col 1 = 4,5,6; col 2 = 7,8,9

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 import pytest
 
-from nucseg.utils.resume import checkpoint_progress
+from nucseg.training.resume import checkpoint_progress
 from tests.helpers.config import FAST_OVERRIDES, compose_cfg
 from tests.helpers.marks import LONG_RUN
 from tests.helpers.paths import PROJECT_ROOT

@@ -56,7 +56,7 @@ def test_two_process_cpu_ddp_matches_single_process_keys(tmp_path, cache_dir, da
 
 @LONG_RUN
 def test_ddp_inside_multirun_gives_each_job_its_ranks(tmp_path, cache_dir, data_dir):
-    """`-m` + trainer=ddp: each job launches its own rank 1 into its own directory (nucseg.utils.run)."""
+    """`-m` + trainer=ddp: each job launches its own rank 1 into its own directory (nucseg.utils.run_lifecycle)."""
     sweep = tmp_path / "sweep"
     run_train(*LEAN, *DDP, "loss=bce_dice,dice", f"hydra.sweep.dir={sweep}", cache_dir=cache_dir, multirun=True,
               env=train_env(OMP_NUM_THREADS="1"), timeout=600)

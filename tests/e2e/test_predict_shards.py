@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nucseg.data.source import DataNotFoundError
+from nucseg.checks import check_config
 from nucseg.inference import records
 from nucseg.inference.shards import merge_shards, parse_shard, select_shard, shard_part
 from nucseg.predict import run_predict
-from nucseg.utils.errors import ConfigError
-from nucseg.utils.validate import check_config
+from nucseg.utils.errors import ConfigError, DataNotFoundError
 from tests.helpers.checkpoints import save_checkpoint
 from tests.helpers.cli import run_module
 from tests.helpers.config import compose_cfg

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nucseg.utils.resume import (
+from nucseg.training.resume import (
     AtomicCheckpointIO,
     checkpoint_progress,
     keep_csv_history,

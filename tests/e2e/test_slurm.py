@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nucseg.utils.resume import checkpoint_progress
+from nucseg.training.resume import checkpoint_progress
 from tests.helpers.marks import LONG_RUN
 from tests.helpers.paths import PROJECT_ROOT
 from tests.helpers.slurm import SLURM_LAUNCHER, wait_for_state

@@ -15,7 +15,7 @@ from PIL import Image
 
 import nucseg
 from nucseg.train import train
-from nucseg.utils.run import finish_wandb
+from nucseg.utils.run_lifecycle import finish_wandb
 from tests.helpers.marks import LONG_RUN
 from tests.helpers.wandb_offline import artifact_records, run_dir
 

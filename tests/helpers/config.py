@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from nucseg.utils.compose import compose_config
+from nucseg.utils.entry_config import compose_config
 from tests.helpers.paths import DATA_DIR
 
 # A small, fast run: resnet18 encoder, 64-px crops, a couple of batches.

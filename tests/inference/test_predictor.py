@@ -20,10 +20,9 @@ import torch
 from PIL import Image
 
 import nucseg
-from nucseg.data.io import ImageReadError
 from nucseg.instances.watershed import probs_to_instances
 from nucseg.models.module import load_module
-from nucseg.utils.errors import CheckpointError, ConfigError
+from nucseg.utils.errors import CheckpointError, ConfigError, ImageReadError
 from tests.helpers.checkpoints import train_tiny_checkpoint
 from tests.helpers.cli import run_module
 from tests.helpers.paths import PROJECT_ROOT

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from nucseg.models.allowlist import disallowed_entries, find_targets, is_allowed_target
 from nucseg.models.module import load_module
-from nucseg.models.targets import disallowed_entries, find_targets, is_allowed_target
 from nucseg.utils.errors import CheckpointError
 from tests.helpers.checkpoints import CONV_NET as CONV
 from tests.helpers.checkpoints import save_checkpoint

@@ -310,7 +310,7 @@ def test_validation_and_test_passes_are_deterministic_for_an_mc_dropout_model():
 def test_bayes_unet_run_logs_uncertainty_metrics_and_wandb_heatmaps(make_cfg, tmp_path, monkeypatch, dsb_root,
                                                                     cache_dir):
     from nucseg.train import train
-    from nucseg.utils.run import finish_wandb
+    from nucseg.utils.run_lifecycle import finish_wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -16,7 +16,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
-from nucseg.data.io import atomic_write, atomic_write_text
+from nucseg.utils.atomic import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ WANDB_ID_FILE = "wandb_id.txt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` through `nucseg.data.io.atomic_write`: a temporary file beside the target, fsync, rename.
+    """`torch.save` through `nucseg.utils.atomic.atomic_write`: a temporary file beside the target, fsync, rename.
 
     Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temp
     directory; when that is another file system than the run directory (node-local /tmp, network output

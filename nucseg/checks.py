@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nucseg.inference.shards import parse_shard
 from nucseg.settings import STRIDE, setting_rules
 from nucseg.utils.errors import ConfigError
 from nucseg.utils.rules import UNIT, Rule, either, integer, is_int, number, one_of
@@ -41,8 +42,6 @@ def _file(v: Any) -> bool:
 
 
 def _shard(v: Any) -> bool:
-    from nucseg.inference.shards import parse_shard
-
     return parse_shard(v) is not None
 
 

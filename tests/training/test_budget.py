@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nucseg.train import train
-from nucseg.utils.budget import plan_schedule, process_elapsed, run_elapsed
+from nucseg.training.budget import plan_schedule, process_elapsed, run_elapsed
 from nucseg.utils.errors import ConfigError
 from tests.helpers.marks import LONG_RUN
 

@@ -23,11 +23,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
-from nucseg.data.io import atomic_write_text
+from nucseg.instances.watershed import probs_to_instances
+from nucseg.metrics.dsb_score import dsb_score_image
+from nucseg.models.train_precision import settle_train_precision
 from nucseg.settings import UncertaintyMethod
 from nucseg.uncertainty.estimate import module_settings
+from nucseg.uncertainty.sampling import has_mc_dropout, sample_probs
+from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.errors import ConfigError
-from nucseg.utils.train_precision import settle_train_precision
 
 __all__ = ["BudgetPlan", "plan_schedule", "apply_budget", "reuse_budget", "process_elapsed", "run_elapsed"]
 
@@ -52,7 +55,7 @@ class BudgetPlan:
     check_val_every_n_epoch: int
     steps: int
     estimated_total_s: float
-    train_precision: str = "32"  # what module.train_precision=auto chose (nucseg.utils.train_precision)
+    train_precision: str = "32"  # what module.train_precision=auto chose (nucseg.models.train_precision)
     step_s_by_precision: dict[str, float] | None = None
 
 
@@ -130,10 +133,6 @@ def _time_eval(module: Any, datamodule: Any, n_images: int, samples: int) -> tup
     per image of one post-processing, of one post-processing plus its DSB score) on `n_images` validation
     images spread over the split's sizes (per-megapixel costs grow with the image: the smallest images alone
     underestimate a split with large ones)."""
-    from nucseg.instances.watershed import probs_to_instances
-    from nucseg.metrics.dsb_score import dsb_score_image
-    from nucseg.uncertainty.sampling import has_mc_dropout, sample_probs
-
     dataset = datamodule.dataset("val")
     ids = list(datamodule.splits.get("val", []))
     sizes = [math.prod(datamodule.cached.load(rid)[0].shape[:2]) for rid in ids]

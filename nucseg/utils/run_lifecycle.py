@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nucseg.data.io import atomic_write_text
+from nucseg.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Arguments are checked before any work (`nucseg.utils.validate`): a value out of range or a missing path gives
+"""Arguments are checked before any work (`nucseg.checks`): a value out of range or a missing path gives
 one line naming the key, the value and what is expected, and exit status 2, from every entry point."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nucseg.checks import RULES, check_config, violations
 from nucseg.utils.errors import ConfigError, friendly_errors
-from nucseg.utils.validate import RULES, check_config, violations
 from tests.helpers.checkpoints import save_checkpoint
 from tests.helpers.cli import VERBOSITY_VARS, cli_env, run_module
 from tests.helpers.config import compose_cfg

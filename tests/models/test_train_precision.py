@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nucseg.utils.train_precision as tp
+import nucseg.models.train_precision as tp
 from nucseg.models.module import SegmentationModule, load_module
 from nucseg.train import build_module, train
 from nucseg.utils.errors import ConfigError
