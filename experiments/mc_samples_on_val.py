@@ -10,14 +10,14 @@ the verdict of `seed_table.py`: a smaller T is harmless when no metric moves by 
 
 Each evaluation writes `<work>/T<T>/<label>/metrics.json` (kept: a rerun skips finished ones). The review
 threshold, temperatures and OOD density are the checkpoint's (chosen by its run's calibrate stage), so only
-the samples change. Timings are those of the machine it ran on (`machine` in the record), with whatever else
-ran beside it.
+the samples change. No timing is reported: an MC test costs T forward passes per image.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,6 +51,11 @@ def evaluate(ckpt: Path, samples: int, out: Path, limit: int | None) -> float:
     return seconds
 
 
+def _numbers(metrics: dict) -> dict:
+    """None (e.g. a failure AUROC on images without a failure) as NaN, which the seed table skips."""
+    return {k: math.nan if v is None else v for k, v in metrics.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="LABEL=RUN_DIR, a training run holding checkpoints/model.ckpt")
@@ -68,10 +73,10 @@ def main() -> None:
         for label, run in runs.items():
             evaluate(Path(run).resolve() / "checkpoints" / "model.ckpt", samples, args.work / f"T{samples}" / label,
                      args.limit)
-    rows = [(f"T={t}", label, json.loads((args.work / f"T{t}" / label / "metrics.json").read_text()))
+    rows = [(f"T={t}", label, _numbers(json.loads((args.work / f"T{t}" / label / "metrics.json").read_text())))
             for t in args.samples for label in runs]
-    table = summarise(rows, [*METRICS, "seconds"])
-    text = markdown(table, [*METRICS, "seconds"])
+    table = summarise(rows, METRICS)
+    text = markdown(table, METRICS)
     ref = f"T={args.samples[0]}"
     lines = [text, "", f"Against {ref} (a gap larger than the larger sd is a verdict):"]
     for t in args.samples[1:]:

@@ -137,6 +137,7 @@ def test_full_error_shows_the_traceback(tmp_path, ckpt, input_dir):
     assert code != 0 and "Traceback" in text and "ConfigError: tile=100" in text
 
 
+@LONG_RUN  # the predict CLI keeps the subprocess check in the default suite; these values are checked in-process
 def test_evaluate_cli_refuses_bad_arguments(tmp_path):
     # train's settings are checked in-process above (test_paths_and_train_keys), and its one-line exit from the
     # command line in tests/e2e/test_cli.py (missing data root)

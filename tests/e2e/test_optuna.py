@@ -133,7 +133,9 @@ def test_a_sweep_killed_mid_trial_and_started_again_goes_on_with_its_trials(tmp_
 
 @pytest.mark.parametrize(("override", "key", "outside"),
                          [("hydra.sweeper.storage=redis://localhost", "hydra.sweeper.storage", True),
-                          ("hydra.sweeper.pruner=medain", "hydra.sweeper.pruner", False)])
+                          # a bad pruner is checked in-process in tests/sweep; this subprocess run is in the slow suite
+                          pytest.param("hydra.sweeper.pruner=medain", "hydra.sweeper.pruner", False,
+                                       marks=pytest.mark.slow)])
 def test_a_bad_sweeper_setting_is_one_line_and_exit_2(tmp_path, cache_dir, override, key, outside):
     """`outside`: the `nucseg` command run outside the checkout, where an editable install hides the plugin from
     Hydra's scan (nucseg.utils.extras.register_own_plugins): the sweeper must still be the one reporting."""
