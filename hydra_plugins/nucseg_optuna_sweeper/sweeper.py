@@ -69,12 +69,6 @@ def _sampler(spec: Any) -> Any:
     if not OmegaConf.is_config(spec) and not isinstance(spec, dict):
         raise ConfigError(f"hydra.sweeper.sampler: expected a {{_target_: optuna.samplers.<Name>, ...}} config, "
                           f"got {spec!r}")
-    import hydra
+    from nucseg.sweep.storage import build_optuna_object
 
-    try:
-        sampler = hydra.utils.instantiate(spec)
-    except Exception as exc:
-        raise ConfigError(f"hydra.sweeper.sampler: cannot build it: {exc}") from exc
-    if not isinstance(sampler, optuna.samplers.BaseSampler):
-        raise ConfigError(f"hydra.sweeper.sampler: {type(sampler).__name__} is not an optuna sampler")
-    return sampler
+    return build_optuna_object(spec, "hydra.sweeper.sampler", optuna.samplers.BaseSampler, "sampler")

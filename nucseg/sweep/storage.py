@@ -25,7 +25,7 @@ from nucseg.utils.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["DEFAULT_JOURNAL", "PRUNERS", "make_pruner", "open_storage", "resolve_storage"]
+__all__ = ["DEFAULT_JOURNAL", "PRUNERS", "build_optuna_object", "make_pruner", "open_storage", "resolve_storage"]
 
 DEFAULT_JOURNAL = "optuna_journal.log"
 JOURNAL = "journal://"
@@ -95,6 +95,21 @@ PRUNERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def build_optuna_object(conf: Any, key: str, base: type, what: str) -> Any:
+    """Instantiate a `{_target_: ...}` config that must give an instance of `base` (optuna's sampler or pruner
+    base class, `what` in words); ConfigError naming `key` when it cannot be built or is something else."""
+    import hydra
+
+    target = str(dict(conf.items()).get("_target_", "?"))
+    try:
+        obj = hydra.utils.instantiate(conf)
+    except Exception as exc:
+        raise ConfigError(f"{key}: cannot build {target}: {exc}") from exc
+    if not isinstance(obj, base):
+        raise ConfigError(f"{key}: {target} is not an optuna {what} ({base.__name__})")
+    return obj
+
+
 def make_pruner(spec: Any, key: str = "hydra.sweeper.pruner") -> optuna.pruners.BasePruner:
     """A pruner from a name in PRUNERS, a `{_target_: optuna.pruners.X, ...}` config, or a pruner object."""
     import optuna
@@ -114,14 +129,6 @@ def make_pruner(spec: Any, key: str = "hydra.sweeper.pruner") -> optuna.pruners.
         target = str(conf.get("_target_", ""))
         if not target:
             raise ConfigError(f"{key}: a pruner config needs `_target_` (e.g. optuna.pruners.MedianPruner)")
-        import hydra
-
-        try:
-            pruner = hydra.utils.instantiate(conf)
-        except Exception as exc:
-            raise ConfigError(f"{key}: cannot build {target}: {exc}") from exc
-        if not isinstance(pruner, optuna.pruners.BasePruner):
-            raise ConfigError(f"{key}: {target} is not an optuna pruner (optuna.pruners.BasePruner)")
-        return pruner
+        return build_optuna_object(conf, key, optuna.pruners.BasePruner, "pruner")
     raise ConfigError(f"{key}: expected a pruner name ({', '.join(PRUNERS)}) or a {{_target_: ...}} config, "
                       f"got {type(spec).__name__}")

@@ -7,8 +7,6 @@ import csv
 import os
 import signal
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,33 +21,10 @@ from nucseg.training.resume import (
 )
 from tests.helpers.marks import LONG_RUN
 from tests.helpers.paths import PROJECT_ROOT
-from tests.helpers.train_cli import LEAN, run_train, train_cmd, train_env
+from tests.helpers.train_cli import LEAN, resumable, run_train, train_cmd, train_env, wait_for_mid_epoch_checkpoint
 
 EPOCHS, BATCHES = 2, 5
-RESUMABLE = [
-    *LEAN,
-    f"trainer.max_epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}",
-    # a resume point after every optimizer step (the default is every 10 minutes of training)
-    "callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.train_time_interval=null",
-    "logger=[csv,wandb]", "test=false",
-]
-
-
-def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Return once last.ckpt holds a step inside the first epoch (the run is then in the middle of it)."""
-    seen = None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"training ended (rc {proc.returncode}) before it could be killed:\n{out[-4000:]}")
-        if last.is_file() and last.stat().st_mtime_ns != seen:
-            seen = last.stat().st_mtime_ns
-            progress = checkpoint_progress(last)
-            if progress["epochs_done"] == 0 and 1 <= progress["global_step"] <= BATCHES - 2:
-                return
-        time.sleep(0.05)
-    pytest.fail(f"no mid-epoch {last} within {timeout} s")
+RESUMABLE = [*LEAN, *resumable(EPOCHS, BATCHES), "logger=[csv,wandb]"]
 
 
 @LONG_RUN
@@ -60,7 +35,7 @@ def test_sigkill_mid_epoch_then_resume_with_ckpt_path_last(tmp_path, cache_dir, 
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=train_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_mid_epoch_checkpoint(last, proc)
+        wait_for_mid_epoch_checkpoint(last, proc, BATCHES - 2)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:

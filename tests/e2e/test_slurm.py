@@ -9,7 +9,6 @@ import csv
 import json
 import math
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from nucseg.training.resume import checkpoint_progress
 from tests.helpers.marks import LONG_RUN
 from tests.helpers.paths import PROJECT_ROOT
 from tests.helpers.slurm import SLURM_LAUNCHER, wait_for_state
-from tests.helpers.train_cli import LEAN, run_train, train_cmd, train_env
+from tests.helpers.train_cli import LEAN, resumable, run_train, train_cmd, train_env, wait_for_mid_epoch_checkpoint
 
 # one intra-op thread per job: two jobs share the test machine's cores
 JOB_ENV = {"OMP_NUM_THREADS": "1"}
@@ -60,30 +59,7 @@ def test_two_job_multirun_runs_as_slurm_jobs(slurm, tmp_path, cache_dir, data_di
 
 
 EPOCHS, BATCHES = 2, 5
-RESUMABLE = [
-    *LEAN, *SLURM_LAUNCHER,
-    f"trainer.max_epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}",
-    # a resume point after every optimizer step
-    "callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.train_time_interval=null",
-    "logger=csv", "test=false",
-]
-
-
-def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, timeout: float = 400) -> None:
-    """Return once last.ckpt holds a step early in the first epoch (the job is then in the middle of it)."""
-    seen = None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the launcher ended (rc {proc.returncode}) before the job could be re-queued:\n"
-                        f"{(proc.stdout.read() if proc.stdout else '')[-4000:]}")
-        if last.is_file() and last.stat().st_mtime_ns != seen:
-            seen = last.stat().st_mtime_ns
-            progress = checkpoint_progress(last)
-            if progress["epochs_done"] == 0 and 1 <= progress["global_step"] <= BATCHES - 3:
-                return
-        time.sleep(0.05)
-    pytest.fail(f"no mid-epoch {last} within {timeout} s")
+RESUMABLE = [*LEAN, *SLURM_LAUNCHER, *resumable(EPOCHS, BATCHES), "logger=csv"]
 
 
 @LONG_RUN
@@ -98,7 +74,7 @@ def test_requeued_training_job_resumes_from_last_ckpt(slurm, tmp_path, cache_dir
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=train_env(**JOB_ENV), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_mid_epoch_checkpoint(last, proc)
+        wait_for_mid_epoch_checkpoint(last, proc, BATCHES - 3, timeout=400)
         (job_id,) = slurm_jobs(sweep)
         subprocess.run(["scontrol", "requeue", job_id], check=True)
         # the killed instance is gone once the job waits again (Slurm holds a re-queued job back a while)

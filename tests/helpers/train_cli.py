@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from tests.helpers.config import FAST_OVERRIDES
 from tests.helpers.paths import DATA_DIR, PROJECT_ROOT
@@ -40,3 +43,31 @@ def run_train(*overrides: str, cache_dir: Path, multirun: bool = False, timeout:
     if proc.returncode != 0:
         raise AssertionError(f"nucseg.train exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-6000:]}")
     return proc
+
+
+def resumable(epochs: int, batches: int) -> list[str]:
+    """Overrides of a short run with a resume point (last.ckpt) after every optimizer step (the default is every
+    10 minutes of training) and no test: for the tests that interrupt a run and resume it."""
+    return [f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={batches}",
+            "callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.train_time_interval=null",
+            "test=false"]
+
+
+def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, max_step: int, timeout: float = 240) -> None:
+    """Return once `last` (a run's last.ckpt) holds a step between 1 and `max_step` of the first epoch, i.e. the
+    run started by `proc` is in the middle of it; fail with `proc`'s output if it ends first."""
+    from nucseg.training.resume import checkpoint_progress  # torch: only for the tests that wait on a run
+
+    seen = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the run ended (rc {proc.returncode}) before it could be interrupted:\n{out[-4000:]}")
+        if last.is_file() and last.stat().st_mtime_ns != seen:
+            seen = last.stat().st_mtime_ns
+            progress = checkpoint_progress(last)
+            if progress["epochs_done"] == 0 and 1 <= progress["global_step"] <= max_step:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"no mid-epoch {last} within {timeout} s")
