@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Mapping
@@ -215,9 +214,6 @@ class UncertaintySettings:
             given["score"] = LEGACY_SCORE
         known = _known(cls, given, "uncertainty.", strict)
         return cls.for_method(method, **{k: v for k, v in known.items() if v is not None or k in _NULLABLE})
-
-    def replace(self, **changes: Any) -> UncertaintySettings:
-        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (enums as strings, tuples as lists): what a checkpoint and a JSON record store."""
