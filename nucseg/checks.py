@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     "module.threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
     "module.train_precision": Rule(lambda v: str(v) in ("32", "bf16", "auto"), "32, bf16 or auto"),
     "module.channels_last": Rule(one_of(True, False), "true or false"),
+    "module.encoder_lr_scale": Rule(number(0, math.inf, True, True), "a positive number"),
     # data
     "data.crop_size": Rule(integer(STRIDE, STRIDE), f"a positive multiple of {STRIDE} (e.g. 256)"),
     "data.batch_size": Rule(integer(1), "an integer >= 1"),

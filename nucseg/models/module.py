@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from nucseg.models.train_precision import check_train_precision, settle_train_pr
 from nucseg.utils.cluster import rank_zero_decides
 from nucseg.utils.errors import CheckpointError
 
-__all__ = ["SegmentationModule", "load_module", "pad_multiple", "pad_to_multiple", "pixel_threshold"]
+__all__ = ["SegmentationModule", "encoder_param_groups", "load_module", "pad_multiple", "pad_to_multiple",
+           "pixel_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,16 @@ class SegmentationModule(L.LightningModule):
         train_precision: str = "32",
         calibration: dict[str, Any] | None = None,
         ood: dict[str, Any] | None = None,
+        encoder_lr_scale: float = 1.0,
     ):
         """`net` and `loss` are configs (dicts with `_target_`), stored in the checkpoint; `optimizer` and
         `scheduler` are partials that receive the parameters / the optimizer. `channels_last`: NHWC weights
         (oneDNN then runs the convolutions NHWC: 1.3x faster training steps on a 2-core CPU, same maths).
         `train_precision`: 32, bf16 (autocast in training steps only) or auto (`nucseg.models.train_precision`).
         `calibration` ({temperature}) and `ood` ({density, threshold}) are fitted at test start
-        (`nucseg.callbacks.uncertainty`) and stored here, so prediction reads them from the checkpoint."""
+        (`nucseg.callbacks.uncertainty`) and stored here, so prediction reads them from the checkpoint.
+        `encoder_lr_scale`: the encoder's learning rate as a share of the optimizer's (a pretrained encoder may
+        want less than the new decoder; `encoder_param_groups`)."""
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net: nn.Module = hydra.utils.instantiate(net)
@@ -84,6 +89,7 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_config = dict(scheduler_config or {})
         self.threshold, self.pad_multiple = threshold, pad_multiple
+        self.encoder_lr_scale = float(encoder_lr_scale)
         # no NaN check: it reads the value on the host (a GPU sync) every training step; a NaN loss shows as NaN
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -169,15 +175,54 @@ class SegmentationModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("optimizer: no optimizer configured (set optimizer=amsgrad|adamw|sgd)")
-        optimizer = self.optimizer_factory(params=self.parameters())
+        groups: list[dict[str, Any]] = []
+        if self.encoder_lr_scale != 1.0:
+            groups = encoder_param_groups(self.net, self.encoder_lr_scale,
+                                          _factory_kwarg(self.optimizer_factory, "lr"))
+        optimizer = self.optimizer_factory(params=groups or self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         cfg = dict(self.scheduler_config)
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
+        max_lr = _factory_kwarg(self.scheduler_factory, "max_lr")
+        if max_lr is not None and len(groups) > 1:  # OneCycle / Cyclic: one peak per group, in the same ratio
+            kwargs["max_lr"] = [float(max_lr) * g["lr"] / groups[-1]["lr"] for g in groups]
         if cfg.pop("needs_total_steps", False):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **cfg}}
+
+
+def _factory_kwarg(factory: Any, name: str) -> Any:
+    """A keyword bound in a `functools.partial` (Hydra `_partial_: true`), else None."""
+    return (getattr(factory, "keywords", None) or {}).get(name)
+
+
+def encoder_param_groups(net: nn.Module, scale: float, lr: float | None) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one group with every parameter (`scale` 1), or the encoder's
+    parameters at `scale * lr` and then the rest at `lr` (an smp network's `encoder` attribute).
+
+    Example:
+        >>> from nucseg.models.factory import build_model
+        >>> net = build_model(arch="unet", encoder_name="resnet18", encoder_depth=3, classes=1,
+        ...                   decoder_channels=[16, 8, 4])
+        >>> [g["lr"] for g in encoder_param_groups(net, 0.1, 1e-3)]
+        [0.0001, 0.001]
+    """
+    scale = float(scale)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"module.encoder_lr_scale: expected a positive number, got {scale}")
+    if scale == 1.0:
+        return [{"params": list(net.parameters())}]
+    encoder = getattr(net, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(f"module.encoder_lr_scale={scale}: the network ({type(net).__name__}) has no `encoder` "
+                         "submodule; use 1.0")
+    if lr is None:
+        raise ValueError(f"module.encoder_lr_scale={scale}: the optimizer config sets no `lr` to scale")
+    enc_ids = {id(p) for p in encoder.parameters()}
+    return [{"params": list(encoder.parameters()), "lr": scale * float(lr)},
+            {"params": [p for p in net.parameters() if id(p) not in enc_ids], "lr": float(lr)}]
 
 
 def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
