@@ -68,6 +68,7 @@ RULES: dict[str, Rule] = {
     "postprocess.contour_threshold": Rule(number(0, 1, True, True), f"{UNIT} (exclusive)"),
     "postprocess.min_size": Rule(integer(0), "an integer >= 0 (pixels)"),
     "postprocess.grow": Rule(one_of(True, False), "true or false"),
+    "postprocess.distance_threshold": Rule(number(0, 1), UNIT),
     "ood_threshold": Rule(either(number(0, math.inf, lo_open=True), one_of("off")),
                           "a positive OOD score above which an image is flagged, or off",
                           frozenset({"predict", "predictor"})),

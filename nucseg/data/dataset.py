@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nucseg.data.source import CachedSource
-from nucseg.instances.targets import instance_targets
+from nucseg.instances.targets import instance_distance_targets, instance_targets
 from nucseg.utils.errors import ImageReadError
 
 if TYPE_CHECKING:
@@ -83,11 +83,14 @@ def collate(samples: list[dict]) -> dict:
 
 
 def resolve_targets(targets: str | Callable) -> Callable:
-    """'binary' -> foreground only; 'instance' -> foreground + contour channels (nucseg.instances.targets)."""
+    """'binary' -> foreground only; 'instance' -> foreground + contour channels; 'instance_distance' -> those and
+    the inner distance (nucseg.instances.targets)."""
     if callable(targets):
         return targets
     if targets == "binary":
         return binary_targets
     if targets == "instance":
         return instance_targets
-    raise ValueError(f"data.targets: expected 'binary' or 'instance', got {targets!r}")
+    if targets == "instance_distance":
+        return instance_distance_targets
+    raise ValueError(f"data.targets: expected 'binary', 'instance' or 'instance_distance', got {targets!r}")

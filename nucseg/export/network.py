@@ -37,6 +37,8 @@ __all__ = ["ONNX_OPSET", "ExportNetwork", "build_export_network", "channel_names
 # opset 17: supported by onnxruntime >= 1.11 and by torch's TorchScript-based exporter
 ONNX_OPSET = 17
 INSTANCE_CHANNELS = ("foreground", "contour", "touching")
+# the targets each data.targets trains (nucseg.instances.targets)
+TARGET_CHANNELS = {"instance": INSTANCE_CHANNELS, "instance_distance": (*INSTANCE_CHANNELS, "distance")}
 
 
 class ExportNetwork(nn.Module):
@@ -63,9 +65,10 @@ def build_export_network(net: dict[str, Any], quantize: bool = True) -> ExportNe
 
 
 def channel_names(hparams: dict[str, Any], classes: int) -> list[str]:
-    """Output channel names: foreground / contour / touching for 3-class instance models."""
-    if classes == len(INSTANCE_CHANNELS) and hparams.get("targets") == "instance":
-        return list(INSTANCE_CHANNELS)
+    """Output channel names: foreground / contour / touching (/ distance) for instance models."""
+    named = TARGET_CHANNELS.get(str(hparams.get("targets")))
+    if named is not None and classes == len(named):
+        return list(named)
     return ["foreground"] if classes == 1 else ["foreground", *(f"channel{i}" for i in range(1, classes))]
 
 

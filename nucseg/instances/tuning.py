@@ -23,7 +23,7 @@ from nucseg.metrics.dsb_score import dsb_score_image
 from nucseg.metrics.regions import rand_f
 from nucseg.utils.progress import logged_progress
 
-__all__ = ["DEFAULT_GRID", "OBJECTIVES", "OBJECTIVE_TITLES", "REGION_GRID", "TuneResult", "score_settings",
+__all__ = ["DEFAULT_GRID", "DISTANCE_GRID", "OBJECTIVES", "OBJECTIVE_TITLES", "REGION_GRID", "TuneResult", "score_settings",
            "tune_postprocess"]
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ OBJECTIVE_TITLES = {"dsb_score": "DSB score", "rand_f": "Rand F-score"}
 # keys searched jointly (they interact: a lower foreground threshold needs a different contour cut, and growing
 # the cells over the membranes a different threshold)
 JOINT = ("threshold", "contour_threshold", "grow")
-TUNED_KEYS = ("threshold", "contour_threshold", "seed_min_size", "min_size", "grow")
+TUNED_KEYS = ("threshold", "contour_threshold", "seed_min_size", "min_size", "grow", "distance_threshold")
+# searched too where the probabilities carry an inner-distance channel (data.targets=instance_distance)
+DISTANCE_GRID: dict[str, list[Any]] = {"distance_threshold": [0.0, 0.2, 0.35, 0.5]}
 
 
 @dataclass
@@ -101,10 +103,13 @@ def tune_postprocess(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], 
         raise ValueError(f"tune_postprocess: expected as many probability maps as label maps (> 0), got "
                          f"{len(probs)} and {len(labels)}")
     objective = objective_of(base)
-    grid = {k: list(v) for k, v in (grid or OBJECTIVES[objective][1]).items()}
     best = dict(base)
     method = best.get("method", "auto")
     watershed = method == "watershed" or (method == "auto" and probs[0].shape[0] >= 2)
+    if grid is None:
+        distance = watershed and objective == "dsb_score" and probs[0].shape[0] >= 4
+        grid = {**OBJECTIVES[objective][1], **(DISTANCE_GRID if distance else {})}
+    grid = {k: list(v) for k, v in grid.items()}
     trials: list[dict[str, Any]] = []
     cache: dict[tuple, float] = {}
 

@@ -70,10 +70,13 @@ def fill_object_holes(labels: np.ndarray, in_place: bool = False) -> np.ndarray:
 
 
 def _seeded_watershed(probs: np.ndarray, threshold: float, contour_threshold: float,
-                      seed_min_size: int) -> np.ndarray:
+                      seed_min_size: int, distance_threshold: float = 0.0) -> np.ndarray:
     foreground = probs[0] > threshold
-    border = probs[1:].max(0)  # contour and touching-border probabilities
+    border = probs[1:3].max(0)  # contour and touching-border probabilities
     seeds = foreground & (border <= contour_threshold)
+    if probs.shape[0] >= 4:  # the inner distance: seeds at nucleus centres, flooded down from them
+        seeds &= probs[3] >= distance_threshold
+        border = 0.5 * (border + 1.0 - probs[3])
     markers, n = ndi.label(seeds)
     del seeds
     if seed_min_size > 1 and n:
@@ -135,12 +138,14 @@ def probs_to_instances(
     fill_holes: bool = True,
     seed_min_size: int = 10,
     grow: bool = False,
+    distance_threshold: float = 0.0,
     **kwargs: Any,
 ) -> np.ndarray:
     """Probabilities -> instance labels.
 
     Args:
-        probs: (K, H, W) probabilities (or (H, W) for K = 1): foreground, then contour and touching borders.
+        probs: (K, H, W) probabilities (or (H, W) for K = 1): foreground, then contour and touching borders,
+            then (K = 4, data.targets=instance_distance) the inner distance.
         method: "cc": connected components of `probs[0] > threshold`; "watershed": seeds = foreground minus
             pixels whose contour/touching probability exceeds `contour_threshold`, grown over the foreground
             along the border probability (needs K >= 2); "auto": watershed when K >= 2, else cc
@@ -150,6 +155,9 @@ def probs_to_instances(
         min_size: objects under this many pixels are dropped.
         fill_holes: fill holes inside single objects.
         seed_min_size: seeds under this many pixels are ignored.
+        distance_threshold: with an inner-distance channel, seeds are also at least this far in (0..1, share
+            of their nucleus's depth), and the relief flooded is the mean of the border probability and
+            1 - distance.
         grow: flood the objects over the background along 1 - probs[0] (a watershed on the membrane map), so
             every pixel belongs to an object: for tissue that objects tile, such as EM cells.
         **kwargs: the rest of a whole `postprocess` config; unknown keys are logged once and ignored.
@@ -181,7 +189,7 @@ def probs_to_instances(
                 "postprocess.method=watershed needs contour channels (a model trained with data.targets=instance "
                 f"and model.classes=3), but the probabilities have {probs.shape[0]} channel; use method=cc or auto"
             )
-        labels = _seeded_watershed(probs, threshold, contour_threshold, seed_min_size)
+        labels = _seeded_watershed(probs, threshold, contour_threshold, seed_min_size, distance_threshold)
     else:
         labels, _ = ndi.label(probs[0] > threshold)
     labels = labels.astype(np.int32, copy=False)

@@ -133,7 +133,7 @@ class SegmentationModule(L.LightningModule):
         if logits.shape[1] != target.shape[1]:
             raise ValueError(
                 f"model.classes={logits.shape[1]} but data.targets gives {target.shape[1]} channel(s); "
-                "use model.classes=1 with data.targets=binary or model.classes=3 with data.targets=instance"
+                "use model.classes=1 with data.targets=binary, 3 with instance or 4 with instance_distance"
             )
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

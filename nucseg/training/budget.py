@@ -254,7 +254,7 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
     samples = unc.samples if unc is not None and unc.method is UncertaintyMethod.MC_DROPOUT else 0
     fwd_mp, mc_mp, post_img, trial_img = _time_eval(module, datamodule, int(b.timing_images), samples)
     overhead = float(b.eval_overhead)  # metrics, loaders and logging around the measured forward passes
-    instance = module.hparams.get("targets") == "instance"
+    instance = str(module.hparams.get("targets")).startswith("instance")  # instance, instance_distance
     val_s = overhead * (fwd_mp * val_mp + (post_img * n_val if instance else 0.0))
     # the review threshold (MC sampling) and the tuning (one forward, then watershed + score per candidate)
     # read at most their callbacks' `max_val_images` validation images
