@@ -23,7 +23,8 @@ from nucseg.metrics.dsb_score import dsb_score_image
 from nucseg.metrics.regions import rand_f
 from nucseg.utils.progress import logged_progress
 
-__all__ = ["DEFAULT_GRID", "DISTANCE_GRID", "OBJECTIVES", "OBJECTIVE_TITLES", "REGION_GRID", "TuneResult", "score_settings",
+__all__ = ["DEFAULT_GRID", "DISTANCE_GRID", "OBJECTIVES", "OBJECTIVE_TITLES", "REGION_GRID", "TuneResult",
+           "score_settings", "tune_postprocess"]
            "tune_postprocess"]
 
 log = logging.getLogger(__name__)
