@@ -25,7 +25,6 @@ from nucseg.utils.progress import logged_progress
 
 __all__ = ["DEFAULT_GRID", "DISTANCE_GRID", "OBJECTIVES", "OBJECTIVE_TITLES", "REGION_GRID", "TuneResult",
            "score_settings", "tune_postprocess"]
-           "tune_postprocess"]
 
 log = logging.getLogger(__name__)
 
