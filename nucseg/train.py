@@ -19,13 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import nucseg.utils  # noqa: F401  (registers config resolvers)
 from nucseg.calibrate import calibrate_before_test
+from nucseg.callbacks.budget_keeper import BudgetKeeper
 from nucseg.callbacks.instance_metrics import InstanceMetrics
 from nucseg.callbacks.region_scores import RegionScores
 from nucseg.callbacks.uncertainty import UncertaintyEvaluation
 from nucseg.callbacks.wandb_outputs import log_run_outputs
 from nucseg.checks import check_config
 from nucseg.models.module import SegmentationModule
-from nucseg.training.budget import apply_budget, reuse_budget
+from nucseg.training.budget import apply_budget, reuse_budget, run_elapsed
 from nucseg.training.resume import keep_csv_history, pin_wandb_run, resolve_ckpt_path
 from nucseg.utils.checkpoint import MODEL_FILE, publish_model
 from nucseg.utils.cluster import rank_overrides, requeued_ckpt_path
@@ -71,15 +72,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
+    keeper: BudgetKeeper | None = None
     if cfg.get("train", True) and (cfg.get("budget") or {}).get("minutes"):
         # a resumed run keeps the schedule it was planned with, budget.plan reruns a recorded one; else measure
         plan = cfg.budget.get("plan") or (output_dir / "budget.json" if ckpt_path else None)
         if not (plan and reuse_budget(cfg, module, datamodule, plan, output_dir)):
-            apply_budget(cfg, module, datamodule, output_dir, started=started)
+            planned = apply_budget(cfg, module, datamodule, output_dir, started=started)
+            if cfg.budget.get("replan", True):  # a measured plan follows the pace it meets (not a rerun's)
+                keeper = BudgetKeeper(planned, lambda: run_elapsed(started), output_dir / "budget.json",
+                                      max_steps=cfg.budget.get("max_steps"))
         if cfg.get("seed") is not None:  # the timing drew random batches: start training from the seed
             L.seed_everything(cfg.seed, workers=True)
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
+    if keeper is not None:
+        callbacks.append(keeper)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     for lg in loggers:

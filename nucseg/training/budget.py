@@ -32,7 +32,8 @@ from nucseg.uncertainty.sampling import has_mc_dropout, sample_probs
 from nucseg.utils.atomic import atomic_write_text
 from nucseg.utils.errors import ConfigError
 
-__all__ = ["BudgetPlan", "plan_schedule", "apply_budget", "reuse_budget", "process_elapsed", "run_elapsed"]
+__all__ = ["BudgetPlan", "apply_budget", "plan_schedule", "process_elapsed", "replan_epochs", "respan_schedule",
+           "reuse_budget", "run_elapsed", "validations_between"]
 
 log = logging.getLogger(__name__)
 
@@ -289,3 +290,51 @@ def apply_budget(cfg: DictConfig, module: Any, datamodule: Any, output_dir: str 
     if not math.isfinite(total):
         raise ConfigError("budget: the measured times are not finite")
     return plan
+
+
+def validations_between(done_epochs: int, epochs: int, every: int) -> int:
+    """Validations still to run after `done_epochs` of `epochs`: every `every` epochs, and one at the end of
+    training when `epochs` is not a multiple of `every` (`BudgetKeeper` adds it)."""
+    every = max(1, int(every))
+    return epochs // every - done_epochs // every + (1 if epochs % every else 0)
+
+
+def replan_epochs(remaining_s: float, step_s: float, val_s: float, test_s: float, steps_per_epoch: int,
+                  done_epochs: int, every: int, max_epochs: int | None = None) -> int:
+    """The most epochs in all (at least `done_epochs` + 1, at most `max_epochs`) whose remaining training steps,
+    validations (`validations_between`) and test fit in `remaining_s` seconds at the pace measured so far.
+
+    Example:
+        >>> replan_epochs(600, 0.5, 20, 100, 100, done_epochs=10, every=5)  # (600 - 100 - 2 * 20) / 50 s
+        19
+    """
+    epoch_s = step_s * steps_per_epoch
+    best = done_epochs + 1
+    n = best
+    while max_epochs is None or n <= max_epochs:
+        need = (n - done_epochs) * epoch_s + validations_between(done_epochs, n, every) * val_s + test_s
+        if need > remaining_s:
+            break
+        best, n = n, n + 1
+    return best if max_epochs is None else min(best, max(int(max_epochs), done_epochs + 1))
+
+
+def respan_schedule(scheduler: Any, total_steps: int) -> bool:
+    """Stretch (or shrink) a running LR schedule to end at `total_steps` optimizer steps: OneCycleLR (the phases
+    not yet reached keep their share of the run; a phase under way ends later or sooner) and CosineAnnealingLR
+    (`T_max`). False for other schedulers, which do not depend on the run's length."""
+    total_steps = int(total_steps)
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        step, old = int(scheduler.last_epoch), int(scheduler.total_steps)
+        total_steps = max(total_steps, step + 1)
+        ends = [float(p["end_step"]) for p in scheduler._schedule_phases]
+        for phase, end in zip(scheduler._schedule_phases[:-1], ends[:-1], strict=True):
+            if end >= step:  # not finished: keep its share of the run
+                phase["end_step"] = max((end + 1) * total_steps / old - 1, float(step))
+        scheduler._schedule_phases[-1]["end_step"] = float(total_steps - 1)
+        scheduler.total_steps = total_steps
+        return True
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        scheduler.T_max = max(total_steps, int(scheduler.last_epoch) + 1)
+        return True
+    return False
