@@ -90,10 +90,12 @@ def readme(hp: dict[str, Any], names: list[str], meta: dict[str, Any], ckpt_path
         "nucseg turns the channels into instance labels with these settings (the checkpoint's `postprocess`):",
         "", _table(post), "",
         "- `cc`: connected components of `foreground > threshold`.",
-        "- `watershed` (3-channel models; `auto` picks it): seeds are the foreground pixels (`> threshold`) "
+        "- `watershed` (3- or 4-channel models; `auto` picks it): seeds are the foreground pixels (`> threshold`) "
         "whose contour and touching probabilities are `<= contour_threshold`; seeds under `seed_min_size` "
         "pixels are ignored; seeds grow over the foreground along the border probability; objects under "
-        "`min_size` pixels are dropped; holes are filled when `fill_holes`.", "",
+        "`min_size` pixels are dropped; holes are filled when `fill_holes`. A 4-channel model (the fourth "
+        "channel each nucleus's inner distance, 1 at its centre) also requires seeds to reach "
+        "`distance_threshold` and floods the mean of the border probability and 1 - distance.", "",
         "With nucseg installed (`pip install -e <nucseg checkout>`):", "", "```python",
         "from nucseg.instances.watershed import probs_to_instances",
         f"labels = probs_to_instances(probs[0], **{post!r})  # probs: (1, K, H, W)", "```", "",
