@@ -102,6 +102,8 @@ class ProgressLog(L.Callback):
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_n += 1
         if self._train.due():
+            # a budgeted run may re-plan its length (nucseg.callbacks.budget_keeper): the total follows it
+            self._train.total = _total(trainer.estimated_stepping_batches)
             log.info(self._train.line("train", trainer.global_step, "step", self._train_details(trainer)))
 
     def _train_details(self, trainer: L.Trainer) -> str:

@@ -85,6 +85,27 @@ def test_lines_from_a_fake_clock(caplog):
     ]
 
 
+def test_a_replanned_run_shows_its_new_length(caplog):
+    """BudgetKeeper changes max_epochs mid-run: the next line counts against the new total."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    clock = FakeClock()
+    cb = ProgressLog(interval_s=30, when="always", clock=clock)
+    trainer = fake_trainer()
+    cb.setup(trainer, None, "fit")
+    cb.on_train_start(trainer, None)
+    for step in range(1, 31):
+        if step == 16:  # re-planned after the first line: 3 epochs of 50 steps
+            trainer.estimated_stepping_batches, trainer.max_epochs = 150, 3
+        cb.on_train_batch_start(trainer, None, {}, step - 1)
+        clock.t += 2
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, None, torch.tensor(0.5), {}, step - 1)
+    assert messages(caplog) == [
+        "train 15/100 steps (epoch 1/2) loss 0.5000 2.00 s/step ETA 2:50",
+        "train 30/150 steps (epoch 1/3) loss 0.5000 2.00 s/step ETA 4:00",
+    ]
+
+
 def test_test_loop_and_an_endless_loader(caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     clock = FakeClock()
