@@ -76,12 +76,19 @@ def verdict(table: dict[str, dict], metric: str) -> str:
     return f"noise: difference {diff:.4f} <= larger sd {spread:.4f}"
 
 
-def markdown(table: dict[str, dict], metrics: list[str]) -> str:
+def markdown(table: dict[str, dict], metrics: list[str], against: str | None = None) -> str:
+    """The table, then a verdict per metric: between the two best arms, or (`against`) of every other arm
+    against that one."""
     lines = ["| arm | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for arm, d in table.items():
         cells = [f"{d[m]['mean']:.4f} ± {d[m]['sd']:.4f}" for m in metrics]
         lines.append(f"| `{arm}` | {len(d['seeds'])} | " + " | ".join(cells) + " |")
-    lines += ["", *[f"- {m}: {verdict(table, m)}" for m in metrics]]
+    if against is None:
+        lines += ["", *[f"- {m}: {verdict(table, m)}" for m in metrics]]
+    else:
+        for arm in (a for a in table if a != against):
+            pair = {against: table[against], arm: table[arm]}
+            lines += ["", f"`{arm}` against `{against}`:", *[f"- {m}: {verdict(pair, m)}" for m in metrics]]
     return "\n".join(lines) + "\n"
 
 
@@ -126,12 +133,16 @@ def main() -> None:
                     "record's seed_table.json")
     ap.add_argument("--metrics", nargs="+", default=["val/dsb_score", "val/dice"])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--against", default=None, help="an arm's label: judge every other arm against it (default: "
+                    "the two best arms)")
     args = ap.parse_args()
     rows = [r for s in args.sweeps for r in collect(s)]
     if not rows:
         raise SystemExit(f"error: no finished jobs (metrics.json) under {', '.join(map(str, args.sweeps))}")
     table = summarise(rows, args.metrics)
-    text = markdown(table, args.metrics)
+    if args.against is not None and args.against not in table:
+        raise SystemExit(f"error: --against {args.against}: no such arm (has {', '.join(map(repr, table))})")
+    text = markdown(table, args.metrics, args.against)
     print(text)
     if args.out:
         atomic_write_text(args.out / "seed_table.md", text)

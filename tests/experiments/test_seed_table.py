@@ -54,3 +54,14 @@ def test_a_recorded_arm_joins_new_runs(st, tmp_path):
     assert [a for a, _, _ in st.collect(f"{record}:base")] == ["base"] * 3
     with pytest.raises(SystemExit, match="no arm 'other'"):
         st.collect(f"x={record}:other")
+
+
+def test_against_judges_every_arm_against_the_baseline(st):
+    table = st.summarise(rows("base", "val/dsb_score", [0.50, 0.51, 0.52])
+                         + rows("good", "val/dsb_score", [0.60, 0.61, 0.62])
+                         + rows("same", "val/dsb_score", [0.50, 0.52, 0.54]), ["val/dsb_score"])
+    text = st.markdown(table, ["val/dsb_score"], against="base")
+    assert "`good` against `base`:\n- val/dsb_score: 'good' better than 'base' by 0.1000" in text
+    assert "`same` against `base`:\n- val/dsb_score: noise: difference 0.0100" in text
+    # without a baseline the verdict is between the two best arms only
+    assert st.markdown(table, ["val/dsb_score"]).count("- val/dsb_score:") == 1
