@@ -38,12 +38,18 @@ def messages(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER]
 
 
-def test_lines_from_a_fake_clock(caplog):
+def started(caplog) -> tuple[ProgressLog, FakeClock, SimpleNamespace]:
+    """A ProgressLog set up for fit on a fake clock and trainer, its lines captured."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     clock = FakeClock()
     cb = ProgressLog(interval_s=30, when="always", clock=clock)
     trainer = fake_trainer()
     cb.setup(trainer, None, "fit")
+    return cb, clock, trainer
+
+
+def test_lines_from_a_fake_clock(caplog):
+    cb, clock, trainer = started(caplog)
     assert getattr(cb, INTERVAL_ATTR) == 30
     cb.on_validation_start(trainer, None)  # the sanity check: not logged
     trainer.sanity_checking = True
@@ -87,11 +93,7 @@ def test_lines_from_a_fake_clock(caplog):
 
 def test_a_replanned_run_shows_its_new_length(caplog):
     """BudgetKeeper changes max_epochs mid-run: the next line counts against the new total."""
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    clock = FakeClock()
-    cb = ProgressLog(interval_s=30, when="always", clock=clock)
-    trainer = fake_trainer()
-    cb.setup(trainer, None, "fit")
+    cb, clock, trainer = started(caplog)
     cb.on_train_start(trainer, None)
     for step in range(1, 31):
         if step == 16:  # re-planned after the first line: 3 epochs of 50 steps
