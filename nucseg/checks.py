@@ -87,6 +87,7 @@ RULES: dict[str, Rule] = {
     "trainer.max_epochs": Rule(either(integer(1), one_of(-1)), "an integer >= 1, or -1 (no limit)"),
     "budget.minutes": Rule(number(0, math.inf, lo_open=True), "a positive number of minutes"),
     "budget.plan": Rule(_file, "an existing budget.json of an earlier run", frozenset({"train"})),
+    "budget.replan": Rule(one_of(True, False), "true or false"),
     "overlays.max_images": Rule(integer(0), "an integer >= 0"),
     "overlays.alpha": Rule(number(0, 1), UNIT),
     "overlays.level": Rule(one_of("pixel", "object", "membrane"), "pixel, object or membrane"),
