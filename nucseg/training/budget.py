@@ -212,12 +212,15 @@ def reuse_budget(cfg: DictConfig, module: Any, datamodule: Any, plan_path: str |
     if not path.is_file():
         return False
     plan = json.loads(path.read_text())
-    _set_schedule(cfg, datamodule, int(plan["epochs"]), int(plan["check_val_every_n_epoch"]),
-                  int(plan["steps_per_epoch"]))
+    # a run the keeper re-planned (nucseg.callbacks.budget_keeper) trains its last length: a resumed run's LR
+    # schedule comes back from its checkpoint already stretched or shrunk to it
+    replans = plan.get("replans") or []
+    epochs = int(replans[-1]["epochs_after"]) if replans else int(plan["epochs"])
+    _set_schedule(cfg, datamodule, epochs, int(plan["check_val_every_n_epoch"]), int(plan["steps_per_epoch"]))
     if module.train_precision == "auto":
         module.set_train_precision(plan.get("train_precision", "32"))
     log.info("budget: the schedule planned in %s (%d epochs of %d steps, validating every %d; training precision "
-             "%s), not measured", path, plan["epochs"], plan["steps_per_epoch"], plan["check_val_every_n_epoch"],
+             "%s), not measured", path, epochs, plan["steps_per_epoch"], plan["check_val_every_n_epoch"],
              module.train_precision)
     if output_dir is not None and Path(output_dir).resolve() != path.parent.resolve():
         atomic_write_text(Path(output_dir) / "budget.json", path.read_text())

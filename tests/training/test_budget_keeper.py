@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from nucseg.callbacks.budget_keeper import BudgetKeeper
-from nucseg.training.budget import BudgetPlan, replan_epochs, respan_schedule, validations_between
+from nucseg.training.budget import BudgetPlan, replan_epochs, respan_schedule, reuse_budget, validations_between
 
 
 def test_validations_between_counts_the_interval_and_a_final_one() -> None:
@@ -138,3 +140,20 @@ def test_keeper_shortens_a_run_that_is_late(tmp_path: Path) -> None:
     assert trainer.current_epoch == 2 and trainer.global_step == 10
     assert module.validated_after == [2]
     assert [r["epochs_after"] for r in keeper.replans] == [2]
+
+
+def test_a_resumed_run_trains_the_replanned_length(tmp_path: Path) -> None:
+    """A re-queued job resumes with the schedule of its budget.json: the keeper's last length, which its
+    checkpointed OneCycle already spans (the first plan's length would stop it early or step past its end)."""
+    plan = {"epochs": 20, "check_val_every_n_epoch": 5, "steps_per_epoch": 108, "train_precision": "32",
+            "replans": [{"after_epoch": 3, "epochs_after": 22}, {"after_epoch": 9, "epochs_after": 21}]}
+    (tmp_path / "budget.json").write_text(json.dumps(plan))
+    cfg = OmegaConf.create({"trainer": {"max_epochs": 1}, "data": {"samples_per_epoch": 16}})
+    datamodule = SimpleNamespace(batch_size=16, samples_per_epoch=16)
+    module = SimpleNamespace(train_precision="32")
+    assert reuse_budget(cfg, module, datamodule, tmp_path / "budget.json")
+    assert cfg.trainer.max_epochs == 21 and cfg.trainer.check_val_every_n_epoch == 5
+    assert datamodule.samples_per_epoch == 108 * 16
+    del plan["replans"]
+    (tmp_path / "budget.json").write_text(json.dumps(plan))
+    assert reuse_budget(cfg, module, datamodule, tmp_path / "budget.json") and cfg.trainer.max_epochs == 20
